@@ -1,0 +1,1 @@
+"""The ``mawstron`` command line."""

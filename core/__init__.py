@@ -1,0 +1,40 @@
+"""Models (ViT family, MAE, WSP), FLOP accounting and weight loading: single-device PyTorch.
+
+``core`` never imports ``mawstron.parallel`` or DeepSpeed; ``parallel`` applies sharding and checkpointing to
+these models.
+"""
+
+from .flops import forward_flops, forward_flops_breakdown, training_flops
+from .mae import MAEConfig, MaskedAutoencoder, create_mae, encoder_state_dict, patchify, random_masking, unpatchify
+from .pos_embed import resample_abs_pos_embed, sincos_2d
+from .vit import PRESETS, ViTConfig, VisionTransformer, count_parameters, create_vit, vit_config
+from .weights import LoadReport, load_pretrained, normalize_state_dict, read_state_dict
+from .wsp import create_wsp, multi_hot, wsp_loss
+
+__all__ = [
+    "PRESETS",
+    "LoadReport",
+    "MAEConfig",
+    "MaskedAutoencoder",
+    "ViTConfig",
+    "VisionTransformer",
+    "count_parameters",
+    "create_mae",
+    "create_vit",
+    "create_wsp",
+    "encoder_state_dict",
+    "forward_flops",
+    "forward_flops_breakdown",
+    "load_pretrained",
+    "multi_hot",
+    "normalize_state_dict",
+    "patchify",
+    "random_masking",
+    "read_state_dict",
+    "resample_abs_pos_embed",
+    "sincos_2d",
+    "training_flops",
+    "unpatchify",
+    "vit_config",
+    "wsp_loss",
+]

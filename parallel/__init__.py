@@ -1,0 +1,1 @@
+"""Distributed training: DeepSpeed ZeRO-3 model construction, activation checkpointing, engine, checkpoints."""
