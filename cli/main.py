@@ -9,6 +9,7 @@ import sys
 # name -> module (under mawstron.cli) that defines add_parser(subparsers)
 SUBCOMMANDS = {
     "models": "models",
+    "consolidate": "consolidate",
 }
 
 

@@ -8,12 +8,14 @@ from .flops import forward_flops, forward_flops_breakdown, training_flops
 from .mae import MAEConfig, MaskedAutoencoder, create_mae, encoder_state_dict, patchify, random_masking, unpatchify
 from .pos_embed import resample_abs_pos_embed, sincos_2d
 from .vit import PRESETS, ViTConfig, VisionTransformer, count_parameters, create_vit, vit_config
-from .weights import LoadReport, load_pretrained, normalize_state_dict, read_state_dict
+from .weights import LoadReport, adapt_state_dict, check_fit, load_pretrained, normalize_state_dict, read_state_dict
 from .wsp import create_wsp, multi_hot, wsp_loss
 
 __all__ = [
     "PRESETS",
     "LoadReport",
+    "adapt_state_dict",
+    "check_fit",
     "MAEConfig",
     "MaskedAutoencoder",
     "ViTConfig",

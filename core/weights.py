@@ -28,6 +28,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # known extras removed on purpose (decoder, mismatched head)
     resampled: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
 
     def __str__(self):
         parts = [f"{name}={getattr(self, name)}" for name in ("missing", "unexpected", "dropped", "resampled")]
@@ -67,29 +68,42 @@ def normalize_state_dict(raw: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict, LoadReport]:
-    """Fit ``state_dict`` to ``model``: drop decoder keys an encoder lacks, a head of another size, and
-    resample position embeddings to the model's grid."""
+def adapt_state_dict(state_dict: dict[str, torch.Tensor], target_shapes: dict[str, tuple]) -> tuple[dict, LoadReport]:
+    """Fit ``state_dict`` to a model whose parameters and buffers have ``target_shapes`` (name -> shape): drop
+    decoder keys an encoder lacks and a head of another size, resample position embeddings to the model's grid.
+
+    Taking shapes rather than a model lets a sharded model (whose local tensors are empty stubs) pass its real
+    shapes."""
     report = LoadReport()
-    own = model.state_dict()
     out = {}
     for key, value in state_dict.items():
-        if key not in own:
+        if key not in target_shapes:
             if key.startswith(DECODER_KEY_PREFIXES):
                 report.dropped.append(key)
                 continue
-            out[key] = value  # left for load_state_dict to report as unexpected
+            out[key] = value  # left for the caller to report as unexpected
             continue
-        target = own[key]
-        if key in _POS_EMBED_KEYS and value.shape != target.shape:
-            side = int(round((target.shape[1] - 1) ** 0.5))
+        shape = tuple(target_shapes[key])
+        if key in _POS_EMBED_KEYS and tuple(value.shape) != shape:
+            side = int(round((shape[1] - 1) ** 0.5))
             value = resample_abs_pos_embed(value, (side, side))
             report.resampled.append(key)
-        elif key.startswith("head.") and value.shape != target.shape:
+        elif key.startswith("head.") and tuple(value.shape) != shape:
             report.dropped.append(key)  # a new head over another label set: keep the model's fresh one
             continue
         out[key] = value
     return out, report
+
+
+def check_fit(report: LoadReport, strict: bool) -> None:
+    """Raise if ``report`` shows keys the model needs that the checkpoint lacks (a missing head is fine: a
+    head on top of an encoder checkpoint, for fine-tuning or WSP from MAE, starts fresh), or extra keys."""
+    fatal_missing = [k for k in report.missing if not k.startswith("head.")]
+    if strict and (fatal_missing or report.unexpected):
+        raise RuntimeError(
+            f"checkpoint does not fit the model: missing {fatal_missing[:8]} unexpected {report.unexpected[:8]} "
+            f"(is the preset right? pass strict=False to load what fits)"
+        )
 
 
 def load_pretrained(model: nn.Module, source, strict: bool = True) -> LoadReport:
@@ -99,15 +113,10 @@ def load_pretrained(model: nn.Module, source, strict: bool = True) -> LoadReport
     except a head the model adds on top of an encoder checkpoint (fine-tuning / WSP from MAE).
     """
     sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else normalize_state_dict(source)
-    sd, report = adapt_state_dict(sd, model)
+    sd, report = adapt_state_dict(sd, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     result = model.load_state_dict(sd, strict=False)
     report.missing = list(result.missing_keys)
     report.unexpected = list(result.unexpected_keys)
-    # a head on top of an encoder checkpoint (fine-tuning, WSP from MAE) starts fresh: not an error
-    fatal_missing = [k for k in report.missing if not k.startswith("head.")]
-    if strict and (fatal_missing or report.unexpected):
-        raise RuntimeError(
-            f"checkpoint does not fit the model: missing {fatal_missing[:8]} unexpected {report.unexpected[:8]} "
-            f"(is the preset right? pass strict=False to load what fits)"
-        )
+    report.loaded = sorted(k for k in sd if k not in report.unexpected)
+    check_fit(report, strict)
     return report

@@ -1,0 +1,97 @@
+"""Entry point of every recipe: parse overrides, validate, then dry-run or train.
+
+Run as the user types it::
+
+    deepspeed --num_gpus 8 recipes/vit_l16_mae.py --set train.steps=1000     # one node
+    deepspeed --hostfile hosts recipes/vit6.5b_mae.py                          # multi-node
+    torchrun --nproc_per_node 8 recipes/vit_l16_mae.py                         # torchrun works too
+    python recipes/vit6.5b_mae.py --dry-run                                    # validate + plan, allocate nothing
+    mawstron train recipes/vit_tiny_mae.py --gpus 2 --set train.steps=50       # validate, then start deepspeed
+
+Configuration errors are reported before distributed initialisation, so every rank exits at once with the same
+message instead of hanging in a collective; ``mawstron train`` and ``--dry-run`` catch them before any rank
+starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+from .config import ConfigError, RunConfig, apply_overrides, to_dict
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="mawstron training recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.steps=200 (repeatable)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
+                   help="YAML file of overrides, applied before --set (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from <checkpoint dir>/latest")
+    p.add_argument("--dry-run", action="store_true", help="validate, build on the meta device, print the plan")
+    p.add_argument("--gpus", type=int, default=0, help="with --dry-run: plan for this many GPUs (default: the minimum)")
+    p.add_argument("--gpu-mem-gib", type=float, default=80.0, help="with --dry-run: memory per GPU")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # deepspeed launcher
+    return p
+
+
+def resolve_config(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """Recipe config + YAML + --set + --resume, validated; raises ConfigError."""
+    assignments = list(args.set)
+    if args.resume:
+        assignments.append("checkpoint.resume=true")
+    return apply_overrides(cfg, args.config, assignments)
+
+
+def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
+    from .plan import format_plan, min_gpus, plan
+
+    stage = cfg.train.stage
+    kwargs = dict(checkpoint_every=cfg.parallel.activation_checkpointing, mae=cfg.mae,
+                  offload_optimizer=cfg.parallel.offload_optimizer != "none",
+                  offload_params=cfg.parallel.offload_params != "none", **cfg.model.vit_overrides())
+    if stage != "mae":
+        kwargs["num_classes"] = 1000  # placeholder vocabulary size for the plan; the real one comes from the data
+    minimum = min_gpus(cfg.model.preset, stage, gpu_mem_gib, cfg.train.micro_batch, **kwargs)
+    p = plan(cfg.model.preset, stage, gpus or minimum or 1, gpu_mem_gib, cfg.train.micro_batch, **kwargs)
+    lines = [f"[dry run] {cfg.name}: config valid; model built on the meta device, nothing allocated",
+             json.dumps(to_dict(cfg), indent=1, default=str), format_plan(p),
+             f"  minimum {gpu_mem_gib:g} GiB GPUs for this micro-batch: {minimum if minimum else 'none up to 65536'}"]
+    if stage != "mae":
+        lines.append("  (WSP head sized for 1000 classes here; the run sizes it from the vocabulary)")
+    return "\n".join(lines)
+
+
+def _ensure_process_group_env() -> None:
+    """Allow ``python recipe.py`` without a launcher: a world of one process on a free local port."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
+    """Run a recipe: returns the process exit code (0 ok, 2 bad config, 3 diverged)."""
+    args = build_arg_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(cfg, args)
+    except ConfigError as e:
+        print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if args.dry_run:
+        print(dry_run_report(cfg, args.gpus, args.gpu_mem_gib), flush=True)
+        return 0
+    from .trainer import Trainer, TrainingDiverged
+
+    _ensure_process_group_env()
+    try:
+        Trainer(cfg).run()
+    except TrainingDiverged as e:
+        print(f"mawstron: training diverged: {e}", file=sys.stderr, flush=True)
+        return 3
+    return 0

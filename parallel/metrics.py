@@ -1,0 +1,100 @@
+"""Per-step metrics: throughput, TFLOP/s and MFU per device, memory, data-wait share; JSON lines + TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+
+import torch
+
+# Dense bf16 tensor-core peaks (TFLOP/s per GPU, without sparsity) from NVIDIA's data sheets.
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H200": 989.4,
+    "A100": 312.0,
+}
+
+
+def device_peak_tflops(device: torch.device) -> tuple[str, float | None]:
+    """(device name, bf16 peak) for MFU; the peak is None where MFU is not meaningful (CPU, unknown GPU)."""
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16_TFLOPS.items():
+        model, *variant = key.split()
+        if model in name and all(v.lower() in name.lower() for v in variant):
+            return name, peak
+    if "H100" in name:  # an H100 whose form factor the name does not spell out: assume SXM, say so
+        return name + " (assumed SXM)", PEAK_BF16_TFLOPS["H100 SXM"]
+    return name, None
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this rank: allocated device memory on a GPU, the process's max resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB
+    return rss_kib / 2**20
+
+
+class MetricsWriter:
+    """Rank 0 writes one JSON object per logged step to ``metrics.jsonl`` (and TensorBoard if installed)."""
+
+    def __init__(self, run_dir: str, enabled: bool, resume_step: int | None = None):
+        self.enabled = enabled
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.tb = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        if resume_step is None:
+            open(self.path, "w").close()
+        else:
+            self._truncate_after(resume_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        except Exception:  # tensorboard is optional (the "cluster" extra)
+            self.tb = None
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop records past the checkpoint: the resumed run writes those steps again."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(kept)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def progress_line(r: dict, total_steps: int) -> str:
+    mfu = f" mfu {r['mfu']:.1%}" if r.get("mfu") is not None else ""
+    return (
+        f"step {r['step']}/{total_steps} loss {r['loss']:.4f} lr {r['lr']:.2e} gnorm {r['grad_norm']:.3f} "
+        f"{r['images_per_s']:.1f} img/s {r['tflops_per_device']:.3f} TFLOP/s/dev{mfu} "
+        f"mem {r['peak_mem_gib']:.2f} GiB wait {r['data_wait_share']:.0%}"
+    )
+
+
+def print_rank0(rank: int, *args) -> None:
+    if rank == 0:
+        print(*args, flush=True, file=sys.stdout)
