@@ -10,6 +10,8 @@ import sys
 SUBCOMMANDS = {
     "models": "models",
     "consolidate": "consolidate",
+    "plan": "plan",
+    "train": "train",
 }
 
 
@@ -22,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "pass_unknown", False):  # `mawstron train RECIPE ...`: the rest belongs to the recipe
+        return int(args.func(args, unknown) or 0)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return int(args.func(args) or 0)
 
 

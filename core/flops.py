@@ -38,12 +38,12 @@ def forward_flops_breakdown(vit: ViTConfig, stage: str, mae: MAEConfig | None = 
         mae = mae or MAEConfig()
         tokens = 1 + mae.num_visible(n)
         d = mae.decoder_embed_dim
-        parts["encoder_blocks"] = vit.depth * block_flops(tokens, vit.embed_dim, vit.mlp_dim)
+        parts["encoder_blocks"] = vit.depth * block_flops(tokens, vit.embed_dim, vit.hidden_dim)
         parts["decoder_embed"] = 2 * tokens * vit.embed_dim * d
-        parts["decoder_blocks"] = mae.decoder_depth * block_flops(1 + n, d, mae.decoder_mlp_dim)
+        parts["decoder_blocks"] = mae.decoder_depth * block_flops(1 + n, d, mae.decoder_hidden_dim)
         parts["decoder_pred"] = 2 * (1 + n) * d * vit.patch_pixels
     else:
-        parts["encoder_blocks"] = vit.depth * block_flops(1 + n, vit.embed_dim, vit.mlp_dim)
+        parts["encoder_blocks"] = vit.depth * block_flops(1 + n, vit.embed_dim, vit.hidden_dim)
         if stage == "wsp":
             parts["head"] = 2 * vit.embed_dim * vit.num_classes
     return parts

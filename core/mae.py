@@ -29,13 +29,11 @@ class MAEConfig:
     decoder_embed_dim: int = 512
     decoder_depth: int = 8
     decoder_num_heads: int = 16
-    decoder_mlp_dim: int | None = None  # 4 x decoder_embed_dim
+    decoder_mlp_dim: int | None = None  # None: 4 x decoder_embed_dim, resolved by decoder_hidden_dim
     norm_pix_loss: bool = True
     fixed_pos_embed: bool = True  # MAE: frozen 2-D sin-cos tables for encoder and decoder
 
     def __post_init__(self):
-        if self.decoder_mlp_dim is None:
-            object.__setattr__(self, "decoder_mlp_dim", 4 * self.decoder_embed_dim)
         problems = []
         if not 0.0 < self.mask_ratio < 1.0:
             problems.append(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
@@ -47,6 +45,10 @@ class MAEConfig:
             problems.append(f"decoder_depth must be >= 0, got {self.decoder_depth}")
         if problems:
             raise ValueError("invalid MAE config: " + "; ".join(problems))
+
+    @property
+    def decoder_hidden_dim(self) -> int:
+        return self.decoder_mlp_dim if self.decoder_mlp_dim is not None else 4 * self.decoder_embed_dim
 
     def num_visible(self, num_patches: int) -> int:
         """Patches the encoder sees: ``int(L * (1 - mask_ratio))`` as MAE computes it (49 of 196 at 0.75)."""
@@ -107,7 +109,7 @@ class MaskedAutoencoder(VisionTransformer):
         )
         self.decoder_blocks = nn.ModuleList(
             [
-                Block(d, m.decoder_num_heads, m.decoder_mlp_dim, True, vit.layer_norm_eps, 0.0, vit.init)
+                Block(d, m.decoder_num_heads, m.decoder_hidden_dim, True, vit.layer_norm_eps, 0.0, vit.init)
                 for _ in range(m.decoder_depth)
             ]
         )
@@ -157,8 +159,6 @@ def create_mae(name: str, mae: MAEConfig | None = None, **overrides) -> MaskedAu
     """
     mae_fields = {f.name for f in dataclasses.fields(MAEConfig)}
     mae_overrides = {k: overrides.pop(k) for k in list(overrides) if k in mae_fields}
-    if "decoder_embed_dim" in mae_overrides and "decoder_mlp_dim" not in mae_overrides:
-        mae_overrides["decoder_mlp_dim"] = None  # keep the 4x ratio for a custom decoder width
     mae = dataclasses.replace(mae or MAEConfig(), **mae_overrides)
     overrides.setdefault("init", "mae")
     return MaskedAutoencoder(vit_config(name, **overrides), mae)

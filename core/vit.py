@@ -23,7 +23,11 @@ INIT_SCHEMES = ("timm", "mae")
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Shape and numerics of a ViT.  ``mlp_dim`` defaults to 4 x ``embed_dim`` (every MAWS model)."""
+    """Shape and numerics of a ViT.
+
+    ``mlp_dim=None`` means 4 x ``embed_dim`` (every MAWS model); it is resolved by ``hidden_dim`` when used, never
+    stored, so a config derived with another ``embed_dim`` (``dataclasses.replace``, overrides) keeps the ratio.
+    """
 
     img_size: int = 224
     patch_size: int = 16
@@ -40,8 +44,6 @@ class ViTConfig:
     init: str = "timm"  # "timm": trunc-normal(0.02) linears; "mae": xavier-uniform linears as MAE pretraining
 
     def __post_init__(self):
-        if self.mlp_dim is None:
-            object.__setattr__(self, "mlp_dim", 4 * self.embed_dim)
         problems = []
         if self.img_size % self.patch_size:
             problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
@@ -51,13 +53,20 @@ class ViTConfig:
             problems.append(f"global_pool {self.global_pool!r} must be 'token' or 'avg'")
         if self.init not in INIT_SCHEMES:
             problems.append(f"init {self.init!r} must be one of {INIT_SCHEMES}")
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
+        if self.mlp_dim is not None and self.mlp_dim <= 0:
+            problems.append(f"mlp_dim must be positive (or None for 4 x embed_dim), got {self.mlp_dim}")
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_classes < 0:
             problems.append(f"num_classes must be >= 0, got {self.num_classes}")
         if problems:
             raise ValueError("invalid ViT config: " + "; ".join(problems))
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the MLP's hidden layer: ``mlp_dim``, or 4 x ``embed_dim`` when that is None."""
+        return self.mlp_dim if self.mlp_dim is not None else 4 * self.embed_dim
 
     @property
     def grid_size(self) -> int:
@@ -78,16 +87,17 @@ class ViTConfig:
 
 # The paper's models (Table 1 of MAWS; the released checkpoints are timm ViTs of these shapes), plus tiny
 # presets for tests and the CPU demo.  Head dims: 64 (B, L, 6.5B is 128), 80 (H, 2B): never assume a power of 2.
+# Every MLP is 4 x wide (3072, 4096, 5120, 10240, 16384 for the paper's models), so mlp_dim is left at None.
 PRESETS: dict[str, dict] = {
-    "vit_b16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    "vit_l16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
-    "vit_h14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, mlp_dim=5120),
-    "vit_2b14": dict(patch_size=14, embed_dim=2560, depth=24, num_heads=32, mlp_dim=10240),
-    "vit_6.5b14": dict(patch_size=14, embed_dim=4096, depth=32, num_heads=32, mlp_dim=16384),
+    "vit_b16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_l16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "vit_h14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+    "vit_2b14": dict(patch_size=14, embed_dim=2560, depth=24, num_heads=32),
+    "vit_6.5b14": dict(patch_size=14, embed_dim=4096, depth=32, num_heads=32),
     # tiny: 32 px images for CPU tests and the demo
-    "vit_micro": dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_dim=256),
-    "vit_tiny": dict(img_size=32, patch_size=4, embed_dim=192, depth=4, num_heads=3, mlp_dim=768),
-    "vit_tiny_h80": dict(img_size=32, patch_size=4, embed_dim=160, depth=2, num_heads=2, mlp_dim=640),
+    "vit_micro": dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2),
+    "vit_tiny": dict(img_size=32, patch_size=4, embed_dim=192, depth=4, num_heads=3),
+    "vit_tiny_h80": dict(img_size=32, patch_size=4, embed_dim=160, depth=2, num_heads=2),
 }
 
 
@@ -99,10 +109,7 @@ def vit_config(name: str, **overrides) -> ViTConfig:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(f"unknown ViT override(s) {unknown} for preset {name!r}; valid fields: {sorted(fields)}")
-    merged = {**PRESETS[name], **overrides}
-    if "embed_dim" in overrides and "mlp_dim" not in overrides:
-        merged["mlp_dim"] = None  # keep the 4x ratio for a custom width
-    return ViTConfig(**merged)
+    return ViTConfig(**{**PRESETS[name], **overrides})
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -217,7 +224,7 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()
         self.blocks = nn.Sequential(
             *[
-                Block(c.embed_dim, c.num_heads, c.mlp_dim, c.qkv_bias, c.layer_norm_eps, rates[i], c.init)
+                Block(c.embed_dim, c.num_heads, c.hidden_dim, c.qkv_bias, c.layer_norm_eps, rates[i], c.init)
                 for i in range(c.depth)
             ]
         )

@@ -98,3 +98,37 @@ def progress_line(r: dict, total_steps: int) -> str:
 def print_rank0(rank: int, *args) -> None:
     if rank == 0:
         print(*args, flush=True, file=sys.stdout)
+
+
+def zero_partition_report(engine) -> dict:
+    """This rank's share of the model under ZeRO: parameter elements held locally vs in total, and the bytes of
+    each kind of model state it holds (measured from the tensors, not estimated)."""
+    module = engine.module
+    params = list(module.parameters())
+    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+    param_bytes = sum(
+        (p.ds_tensor.numel() * p.ds_tensor.element_size()) if hasattr(p, "ds_tensor") else p.numel() * p.element_size()
+        for p in params
+    )
+    opt = engine.optimizer
+    masters = getattr(opt, "fp32_partitioned_groups_flat", [])
+    master_bytes = sum(t.numel() * t.element_size() for t in masters)
+    state_bytes = sum(
+        v.numel() * v.element_size()
+        for state in getattr(getattr(opt, "optimizer", opt), "state", {}).values()
+        for v in state.values()
+        if torch.is_tensor(v) and v.numel() > 1
+    )
+    grad_bytes = sum(t.grad.numel() * t.grad.element_size() for t in masters if t.grad is not None)
+    buffer = getattr(opt, "grad_partitions_flat_buffer", None)
+    if buffer is not None:
+        grad_bytes += buffer.numel() * buffer.element_size()
+    return {
+        "local_params": local,
+        "total_params": total,
+        "param_bytes": param_bytes,
+        "master_weight_bytes": master_bytes,
+        "optimizer_state_bytes": state_bytes,
+        "grad_bytes": grad_bytes,
+    }

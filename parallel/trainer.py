@@ -6,6 +6,7 @@ What differs between stages is the data (images, or images + multi-hot targets) 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -19,7 +20,7 @@ from . import checkpoint as ckpt
 from .build import build_model
 from .config import RunConfig, to_dict
 from .ds_config import build_ds_config
-from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line
+from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .optim import build_optimizer, lr_at, param_groups, set_lr
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -159,6 +160,17 @@ class Trainer:
         dist.all_reduce(counts)
         return {"images_seen": int(counts[0]), "skipped": int(counts[1])}
 
+    def write_partition_report(self) -> None:
+        """``<run_dir>/zero_partition.json``: each rank's share of parameters and measured model-state bytes
+        (after the first step, when optimizer states exist)."""
+        mine = zero_partition_report(self.engine)
+        reports = [None] * self.world_size
+        dist.all_gather_object(reports, mine)
+        if self.rank == 0:
+            os.makedirs(self.cfg.run_dir, exist_ok=True)
+            with open(os.path.join(self.cfg.run_dir, "zero_partition.json"), "w") as f:
+                json.dump({"zero_stage": self.cfg.parallel.zero_stage, "ranks": reports}, f, indent=1)
+
     def save(self) -> None:
         """Crash-safe checkpoint of the current step (see parallel/checkpoint.py)."""
         ckpt_dir, tag = self.cfg.checkpoint_dir, ckpt.tag_for_step(self.step)
@@ -177,9 +189,13 @@ class Trainer:
                                 resume_step=self.step if cfg.checkpoint.resume else None)
         self.batches = iter(self.loader)
         every = cfg.checkpoint.every_steps
+        reported_partition = False
         try:
             while self.step < cfg.train.steps:
                 record = self.train_step()
+                if not reported_partition:
+                    self.write_partition_report()
+                    reported_partition = True
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     record.update(self._data_stats())
                     metrics.write(record)

@@ -10,7 +10,7 @@ PAPER = ["vit_b16", "vit_l16", "vit_h14", "vit_2b14", "vit_6.5b14"]
 
 def expected_params(cfg: ViTConfig) -> int:
     """Independent count: patch conv, class token, position table, blocks, final norm, head."""
-    d, m = cfg.embed_dim, cfg.mlp_dim
+    d, m = cfg.embed_dim, cfg.hidden_dim
     block = (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d) + 4 * d
     head = d * cfg.num_classes + cfg.num_classes if cfg.num_classes else 0
     return cfg.patch_pixels * d + d + d + (1 + cfg.num_patches) * d + cfg.depth * block + 2 * d + head
@@ -54,8 +54,18 @@ def test_forward_features_and_head_shapes(name):
 
 def test_overrides_change_shape_and_keep_mlp_ratio():
     cfg = vit_config("vit_b16", img_size=518, patch_size=14, embed_dim=512, num_heads=8)
-    assert cfg.num_patches == 37 * 37 and cfg.mlp_dim == 4 * 512 and cfg.depth == 12
+    assert cfg.num_patches == 37 * 37 and cfg.hidden_dim == 4 * 512 and cfg.depth == 12
     assert vit_config("vit_b16", img_size=518, patch_size=14).num_patches + 1 == 1370
+
+
+def test_derived_configs_keep_the_mlp_ratio():
+    import dataclasses
+
+    from mawstron.core import MAEConfig
+
+    assert dataclasses.replace(vit_config("vit_b16"), embed_dim=384).hidden_dim == 1536
+    assert dataclasses.replace(MAEConfig(decoder_embed_dim=128), decoder_embed_dim=32).decoder_hidden_dim == 128
+    assert vit_config("vit_b16", mlp_dim=1000).hidden_dim == 1000
 
 
 def test_bad_configs_fail_with_a_message_naming_the_problem():

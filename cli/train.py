@@ -1,0 +1,71 @@
+"""``mawstron train RECIPE [--gpus N] [--hostfile F] [recipe args]``: validate, then start the deepspeed launcher.
+
+The recipe's config and every ``--set`` / ``--config`` override are checked here, in one process, so a typo is
+reported before any rank starts.  Then the DeepSpeed launcher runs the recipe exactly as
+``deepspeed --num_gpus N RECIPE ...`` would; on a machine without a GPU it starts CPU ranks
+(``DS_ACCELERATOR=cpu``, gloo).
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import socket
+import sys
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("train", help="validate a recipe's config, then run it under the deepspeed launcher",
+                              description=__doc__)
+    p.add_argument("recipe", help="path to a recipe, e.g. recipes/vit_tiny_mae.py")
+    p.add_argument("--gpus", type=int, default=0, help="ranks on this node (default: all GPUs, or 2 CPU ranks)")
+    p.add_argument("--hostfile", default="", help="DeepSpeed hostfile for multi-node runs")
+    p.add_argument("--master-port", type=int, default=0, help="default: a free port")
+    p.set_defaults(func=run, pass_unknown=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def validate(recipe: str, recipe_args: list[str]):
+    """The recipe's resolved RunConfig (raises ConfigError / SystemExit with a message on any problem)."""
+    from mawstron.parallel.config import RunConfig
+    from mawstron.parallel.launch import build_arg_parser, resolve_config
+
+    if not os.path.isfile(recipe):
+        raise SystemExit(f"mawstron train: recipe {recipe!r} does not exist")
+    namespace = runpy.run_path(recipe, run_name="__mawstron_validate__")
+    cfg = namespace.get("CONFIG")
+    if not isinstance(cfg, RunConfig):
+        raise SystemExit(f"mawstron train: {recipe} defines no CONFIG = RunConfig(...)")
+    return resolve_config(cfg, build_arg_parser().parse_args(recipe_args))
+
+
+def run(args, recipe_args: list[str]) -> int:
+    import torch
+
+    from mawstron.parallel.config import ConfigError
+
+    try:
+        cfg = validate(args.recipe, recipe_args)
+    except ConfigError as e:
+        print(f"mawstron: config error: {e}", file=sys.stderr)
+        return 2
+    launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    cmd = [launcher]
+    env = dict(os.environ)
+    if args.hostfile:
+        cmd += ["--hostfile", args.hostfile]
+    if torch.cuda.is_available():
+        if args.gpus:
+            cmd += ["--num_gpus", str(args.gpus)]
+    else:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        cmd += ["--num_gpus", str(args.gpus or 2)]
+    cmd += ["--master_port", str(args.master_port or _free_port()), args.recipe, *recipe_args]
+    print(f"[mawstron] config of {cfg.name} is valid; starting: {' '.join(cmd)}", flush=True)
+    os.execvpe(cmd[0], cmd, env)
