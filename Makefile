@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed-stamp
+# DeepSpeed JIT-builds C++ ops on first use; keep the build with this venv so that another checkout's venv
+# (different include paths) never invalidates it.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: install test demo clean
 
@@ -22,8 +25,18 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The MAWS recipe in miniature on two ranks (CPU ranks over gloo when there is no GPU): MAE, then WSP
+# initialised from it, then the encoder consolidated into one timm-layout file.
+DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(BIN)/mawstron models
+	$(BIN)/mawstron train recipes/vit_tiny_mae.py --gpus 2 --set output_dir=$(DEMO_DIR)/mae
+	$(BIN)/mawstron train recipes/vit_tiny_wsp.py --gpus 2 --set output_dir=$(DEMO_DIR)/wsp \
+		--set checkpoint.init_from=$(DEMO_DIR)/mae/checkpoints
+	$(BIN)/mawstron consolidate $(DEMO_DIR)/wsp/checkpoints --keep-head --out $(DEMO_DIR)/vit_tiny_maws.safetensors
+	@echo "demo done:"
+	@echo "  MAE metrics       $(DEMO_DIR)/mae/metrics.jsonl   checkpoints $(DEMO_DIR)/mae/checkpoints"
+	@echo "  WSP metrics       $(DEMO_DIR)/wsp/metrics.jsonl   checkpoints $(DEMO_DIR)/wsp/checkpoints"
+	@echo "  encoder + head    $(DEMO_DIR)/vit_tiny_maws.safetensors (timm keys)"
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache runs

@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "models": "models",
     "consolidate": "consolidate",
     "plan": "plan",
+    "bench": "bench",
     "train": "train",
 }
 

@@ -183,3 +183,25 @@ def test_mawstron_train_rejects_a_bad_key_before_any_rank_starts(workdir):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "optim.betas expects 2 values" in out.stderr and "deepspeed" not in out.stdout
+
+
+def test_throughput_benchmark_prints_one_json_line(workdir):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "throughput.py")
+    recipe = os.path.join(os.path.dirname(script), "..", "recipes", "vit_tiny_mae.py")
+    out_json = os.path.join(workdir, "bench.json")
+    from distributed_runs import env, free_port
+
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    proc = subprocess.run([deepspeed, "--num_gpus", "2", "--master_port", str(free_port()), script, "--recipe", recipe,
+                           "--set", "model.preset=vit_micro", "--warmup-steps", "2", "--steps", "4", "--out", out_json],
+                          cwd=workdir, env=env(), capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # rank 0 only
+    result = json.loads(lines[0])
+    assert result == json.load(open(out_json))
+    assert result["world_size"] == 2 and result["measured_steps"] == 4 and result["zero_stage"] == 3
+    assert result["images_per_s"] > 0 and result["peak_mem_gib"] > 0 and result["tflops_per_device"] > 0
+    assert result["mfu"] is None and "not meaningful" in result["mfu_note"]
+    expected = result["global_batch"] / result["step_time_s_median"]
+    assert result["images_per_s"] == pytest.approx(expected)

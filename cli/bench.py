@@ -1,0 +1,37 @@
+"""``mawstron bench train ...``: the training throughput benchmark under the deepspeed launcher."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("bench", help="benchmarks: `mawstron bench train --model vit_l16 --stage mae`")
+    p.add_argument("what", choices=("train",), help="train: training throughput (images/s, TFLOP/s, MFU, memory)")
+    p.add_argument("--gpus", type=int, default=0, help="ranks on this node (default: all GPUs, or 2 CPU ranks)")
+    p.set_defaults(func=run, pass_unknown=True)
+
+
+def run(args, bench_args: list[str]) -> int:
+    import torch
+
+    from mawstron.cli.train import _free_port
+    from mawstron.parallel.bench import build_arg_parser, config_from_args
+    from mawstron.parallel.config import ConfigError
+
+    try:
+        config_from_args(build_arg_parser().parse_args(bench_args))  # validate before any rank starts
+    except ConfigError as e:
+        print(f"mawstron bench: config error: {e}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    cmd = [shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")]
+    if torch.cuda.is_available():
+        cmd += ["--num_gpus", str(args.gpus)] if args.gpus else []
+    else:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        cmd += ["--num_gpus", str(args.gpus or 2)]
+    cmd += ["--master_port", str(_free_port()), "--module", "mawstron.parallel.bench", *bench_args]
+    os.execvpe(cmd[0], cmd, env)
