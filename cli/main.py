@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "consolidate": "consolidate",
     "plan": "plan",
     "bench": "bench",
+    "eval": "evaluate",
     "train": "train",
 }
 

@@ -1,0 +1,41 @@
+"""``mawstron eval``: linear probe and k-shot accuracy of a checkpoint's frozen features."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("eval", help="linear probe + k-shot of a checkpoint on labelled shards")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder (ZeRO-3) or a consolidated file")
+    p.add_argument("--data", default="", help="a `mawstron data synth` folder: uses DATA/eval-{train,test}-*.tar")
+    p.add_argument("--train-shards", default="", help="labelled shards to fit the probes on (overrides --data)")
+    p.add_argument("--test-shards", default="", help="labelled shards to measure accuracy on (overrides --data)")
+    p.add_argument("--shots", default="1,5,10", help="k-shot settings, comma-separated")
+    p.add_argument("--draws", type=int, default=5, help="random draws averaged per k-shot setting")
+    p.add_argument("--pool", choices=("token", "avg"), default="token")
+    p.add_argument("--loader", choices=("dali", "torch"), default="dali")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mawstron.parallel.evaluate import evaluate
+
+    train = args.train_shards or (os.path.join(args.data, "eval-train-*.tar") if args.data else "")
+    test = args.test_shards or (os.path.join(args.data, "eval-test-*.tar") if args.data else "")
+    if not train or not test:
+        raise SystemExit("mawstron eval: give --data DIR (from `mawstron data synth`) or --train-shards and --test-shards")
+    shots = tuple(int(s) for s in args.shots.split(",") if s)
+    result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool, loader=args.loader)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.checkpoint}: {result['num_classes']} classes, {result['train_images']} train / "
+          f"{result['test_images']} test images, {args.pool} features")
+    print(f"  linear probe  {result['linear_probe_accuracy']:.1%}  (L2 {result['linear_probe_l2']:g})")
+    for k in shots:
+        print(f"  {k:>2}-shot       {result[f'{k}_shot_accuracy']:.1%} +- {result[f'{k}_shot_std']:.1%} "
+              f"over {args.draws} draws")
+    return 0

@@ -1,0 +1,76 @@
+"""Transfer evaluation of a training checkpoint: rebuild its encoder, extract frozen features, run the protocols.
+
+Accepts what training writes: a ZeRO-3 checkpoint directory (merged on the CPU) or a consolidated
+``.safetensors`` file (its metadata names the preset).  Evaluation data are labelled shards, e.g. the
+``eval-train-*.tar`` / ``eval-test-*.tar`` splits that ``mawstron data synth`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from mawstron.core import create_vit, load_pretrained
+from mawstron.core.data import DataConfig, build_eval_loader
+from mawstron.core.eval import extract_features, few_shot, linear_probe
+
+from .build import read_checkpoint_weights, split_encoder
+from .checkpoint import is_zero_checkpoint_dir, read_run_config
+from .config import ModelConfig
+
+
+def model_config_of(checkpoint: str) -> ModelConfig:
+    """The ``model`` section the checkpoint was trained with."""
+    if is_zero_checkpoint_dir(checkpoint):
+        return ModelConfig(**read_run_config(checkpoint)["model"])
+    if checkpoint.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(checkpoint, "pt") as f:
+            meta = f.metadata() or {}
+        if "model" in meta:
+            return ModelConfig(**json.loads(meta["model"]))
+    raise ValueError(
+        f"cannot tell which model {checkpoint!r} holds: pass a run's checkpoints/ folder or a file written by "
+        f"`mawstron consolidate` (its metadata names the preset)"
+    )
+
+
+def load_encoder_from_checkpoint(checkpoint: str) -> torch.nn.Module:
+    """The checkpoint's encoder as a plain ``core`` ViT (no head), weights loaded strictly, in eval mode."""
+    if not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+    model_cfg = model_config_of(checkpoint)
+    model = create_vit(model_cfg.preset, **model_cfg.vit_overrides())
+    encoder, _ = split_encoder(read_checkpoint_weights(checkpoint))
+    load_pretrained(model, encoder)
+    return model.eval()
+
+
+def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 5, 10), draws: int = 5,
+             pool: str = "token", loader: str = "dali", batch_size: int = 128, seed: int = 0) -> dict:
+    """Linear probe and k-shot accuracy of ``checkpoint``'s frozen features on labelled shards."""
+    model = load_encoder_from_checkpoint(checkpoint)
+    data = DataConfig(source="shards", loader=loader)
+    img = model.config.img_size
+    train_x, train_y = extract_features(model, build_eval_loader(data, img_size=img, batch_size=batch_size,
+                                                                 shards=train_shards), pool=pool)
+    test_x, test_y = extract_features(model, build_eval_loader(data, img_size=img, batch_size=batch_size,
+                                                               shards=test_shards), pool=pool)
+    probe = linear_probe(train_x, train_y, test_x, test_y, seed=seed)
+    result = {
+        "checkpoint": checkpoint,
+        "pool": pool,
+        "train_images": len(train_y),
+        "test_images": len(test_y),
+        "num_classes": int(max(train_y.max(), test_y.max())) + 1,
+        "linear_probe_accuracy": probe.accuracy,
+        "linear_probe_l2": probe.l2,
+    }
+    for k in shots:
+        fs = few_shot(train_x, train_y, test_x, test_y, shots=k, draws=draws, seed=seed)
+        result[f"{k}_shot_accuracy"] = fs.mean_accuracy
+        result[f"{k}_shot_std"] = fs.std_accuracy
+    return result
