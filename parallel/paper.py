@@ -58,3 +58,37 @@ def wsp_run(name: str, preset: str, micro_batch: int, init_from: str, activation
         parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
         checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
     )
+
+
+# Fine-tuning (MAE's FINETUNE.md in facebookresearch/mae, the recipe MAWS's transfer follows): global batch
+# 1024, base lr 1e-3 (ViT-L/H; 5e-4 for ViT-B) scaled by batch / 256, layer-wise lr decay 0.75 (0.65 for ViT-B),
+# weight decay 0.05, drop path 0.2 (L) / 0.3 (H) / 0.1 (B), 50 epochs (100 for B) with 5 warmup epochs, AdamW
+# betas (0.9, 0.999), label smoothing 0.1, min lr 1e-6.  Not implemented here: mixup 0.8, cutmix 1.0, random
+# erasing 0.25 (MAE's augmentations on top of RandomResizedCrop + flip).  MAWS's released ImageNet-1k models
+# are fine-tuned at higher resolution: set ``model.img_size`` (position embeddings are interpolated).
+IMAGENET_TRAIN_IMAGES = 1_281_167
+FINETUNE_GLOBAL_BATCH = 1024
+FINETUNE = {  # preset: (base lr, layer decay, drop path, epochs)
+    "vit_b16": (5e-4, 0.65, 0.1, 100),
+    "vit_l16": (1e-3, 0.75, 0.2, 50),
+    "vit_h14": (1e-3, 0.75, 0.3, 50),
+}
+
+
+def finetune_run(name: str, preset: str, micro_batch: int, init_from: str, shards: str = "",
+                 train_images: int = IMAGENET_TRAIN_IMAGES, img_size: int = 0, activation_checkpointing: int = 1,
+                 **parallel) -> RunConfig:
+    """Supervised fine-tuning of a pretrained encoder on labelled shards (json ``label``) with layer-wise lr decay."""
+    base_lr, layer_decay, drop_path, epochs = FINETUNE[preset]
+    steps_per_epoch = max(1, train_images // FINETUNE_GLOBAL_BATCH)
+    steps = epochs * steps_per_epoch
+    return RunConfig(
+        name=name,
+        model=ModelConfig(preset=preset, img_size=img_size, drop_path_rate=drop_path),
+        data=DataConfig(source="shards", shards=shards),
+        optim=OptimConfig(base_lr=base_lr, min_lr=1e-6, weight_decay=0.05, betas=(0.9, 0.999),
+                          layer_decay=layer_decay, warmup_steps=5 * steps_per_epoch),
+        train=TrainConfig(stage="finetune", steps=steps, micro_batch=micro_batch, log_every=50, label_smoothing=0.1),
+        parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
+        checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
+    )

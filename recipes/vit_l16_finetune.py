@@ -1,0 +1,17 @@
+"""ViT-L/16 fine-tuning with layer-wise lr decay from a MAWS (MAE -> WSP) checkpoint: the transfer stage.
+
+    deepspeed --hostfile hosts recipes/vit_l16_finetune.py --set data.shards='/data/in1k/train-{000000..001023}.tar'
+    python recipes/vit_l16_finetune.py --dry-run        # validate, plan memory, allocate nothing
+
+Labelled webdataset shards (json field `label`). Settings and their sources (MAE's FINETUNE.md): see
+`finetune_run` in mawstron/parallel/paper.py. For MAWS's higher-resolution fine-tuning add
+`--set model.img_size=518` (position embeddings are interpolated from the 224 px checkpoint).
+"""
+
+from mawstron.parallel import launch
+from mawstron.parallel.paper import finetune_run
+
+CONFIG = finetune_run("vit_l16_finetune", "vit_l16", micro_batch=32, init_from="runs/vit_l16_wsp/checkpoints")
+
+if __name__ == "__main__":
+    raise SystemExit(launch(CONFIG))
