@@ -16,6 +16,8 @@ normalise (CHW float), fed through ``DALIGenericIterator``.
 
 from __future__ import annotations
 
+import base64
+
 from .common import CROP_RATIO, CROP_SCALE, RankShards, decode_metas
 from .loader import IMAGENET_MEAN, IMAGENET_STD
 
@@ -109,6 +111,8 @@ class DaliShardLoader:
 
     def state_dict(self) -> dict:
         ckpt = self._iter.checkpoints()[0] if self._iter is not None else self._checkpoint
+        if isinstance(ckpt, bytes):  # a serialized protobuf: keep the state JSON-safe
+            ckpt = "base64:" + base64.b64encode(ckpt).decode("ascii")
         return {"loader": "dali", "batches_served": self.batches_served, "no_known_hashtag": self.no_known_hashtag,
                 "dali_checkpoint": ckpt}
 
@@ -118,7 +122,10 @@ class DaliShardLoader:
                              f"resume with data.loader={state.get('loader')}")
         self.batches_served = int(state["batches_served"])
         self.no_known_hashtag = int(state.get("no_known_hashtag", 0))
-        self._checkpoint = state.get("dali_checkpoint")
+        ckpt = state.get("dali_checkpoint")
+        if isinstance(ckpt, str) and ckpt.startswith("base64:"):
+            ckpt = base64.b64decode(ckpt[len("base64:"):])
+        self._checkpoint = ckpt
         self._iter = None
 
     def stats(self) -> dict:
