@@ -58,6 +58,18 @@ def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batc
     return TorchShardLoader(cfg, **kwargs)
 
 
+def check_data(cfg: DataConfig, stage: str) -> None:
+    """Fail fast (ValueError with the fix) when the shards or the vocabulary named by ``cfg`` do not exist:
+    called by ``mawstron train`` before any rank starts."""
+    if cfg.source != "shards":
+        return
+    from .shards import Vocab, expand_shards
+
+    expand_shards(cfg.shards)
+    if stage == "wsp":
+        Vocab(cfg.vocab)
+
+
 def build_eval_loader(cfg: DataConfig, *, img_size: int, batch_size: int, shards: str):
     """A finite, ordered pass over every usable labelled image of ``shards`` (see eval_loader.py)."""
     from .eval_loader import EvalLoader
@@ -66,4 +78,4 @@ def build_eval_loader(cfg: DataConfig, *, img_size: int, batch_size: int, shards
 
 
 __all__ = ["DALI_DEVICES", "DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "LOADERS", "SOURCES", "SyntheticLoader",
-           "build_eval_loader", "build_train_loader"]
+           "build_eval_loader", "build_train_loader", "check_data"]

@@ -53,7 +53,7 @@ def build_pipeline(*, paths, index_paths, shard_id, num_shards, stage, img_size,
             dtypes=[types.UINT8, types.UINT8], missing_component_behavior="error")
         images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
         images = fn.random_resized_crop(images, size=[img_size, img_size], random_area=list(CROP_SCALE[stage]),
-                                        random_aspect_ratio=list(CROP_RATIO), antialias=False)
+                                        random_aspect_ratio=list(CROP_RATIO))
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
                                           mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD],
                                           mirror=fn.random.coin_flip(probability=0.5))

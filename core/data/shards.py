@@ -32,6 +32,8 @@ META_EXTS = ("json", "txt")
 INDEX_VERSION = "v1.2"
 SIDECAR_VERSION = 1
 SYNTH_HINT = "create a synthetic collection with `mawstron data synth --out DIR` and pass data.shards=DIR/train-*.tar"
+SKIP_REASONS = ("corrupt_jpeg", "missing_json", "missing_image", "bad_json", "truncated_shard", "unreadable_shard",
+                "decode_error")
 _HASHTAG = re.compile(r"#(\w+)", re.UNICODE)
 
 
