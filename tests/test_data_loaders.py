@@ -185,3 +185,21 @@ def test_eval_loader_is_finite_ordered_and_complete(data):
 
     feats, ys = extract_features(create_vit("vit_micro", img_size=24), batches)
     assert feats.shape[0] == 30 and torch.equal(ys, labels)
+
+
+def test_mawstron_train_checks_the_data_before_launching(tmp_path, capsys):
+    from mawstron.cli.main import main
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "vit_tiny_mae.py")
+    rc = main(["train", recipe, "--set", "data.source=shards", "--set", f"data.shards={tmp_path}/train-*.tar"])
+    assert rc == 2
+    assert "data error" in capsys.readouterr().err
+
+
+def test_dali_recovers_from_a_corrupt_jpeg_the_index_did_not_catch(broken, tmp_path):
+    cfg = DataConfig(source="shards", shards=os.path.join(broken, "train-000000.tar"), loader="dali", validate=False,
+                     index_dir=str(tmp_path), num_workers=1, shuffle_buffer=0)
+    ld = build_train_loader(cfg, stage="mae", img_size=16, micro_batch=4)
+    with pytest.warns(UserWarning, match="re-validated"):
+        batches = take(ld, 6)  # the decoder fails on the garbage JPEG; the loader re-indexes and goes on
+    assert len(batches) == 6 and ld.stats()["skipped_by_reason"]["corrupt_jpeg"] == 2

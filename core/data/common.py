@@ -24,19 +24,9 @@ class RankShards:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.stage = stage
         self.all_shards = expand_shards(cfg.shards)
-        paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
-        self.indexes = [build_index(p, validate=cfg.validate, index_dir=cfg.index_dir) for p in paths]
-        self.skipped_by_shard = {ix.path: sum(ix.skipped.values()) for ix in self.indexes}
-        self.skipped_by_reason = Counter()
-        for ix in self.indexes:
-            self.skipped_by_reason.update(ix.skipped)
-        self.usable = [ix for ix in self.indexes if ix.samples]
-        if not self.usable:
-            raise ValueError(f"data.shards={cfg.shards!r}: rank {rank} has no readable sample in "
-                             f"{[ix.path for ix in self.indexes]} (skipped: {dict(self.skipped_by_reason)})")
-        # the flat sample list of the PyTorch path (DALI splits by shard_id/num_shards itself)
-        self.samples: list[tuple[str, Sample]] = [
-            (ix.path, s) for ix in self.usable for s in ix.samples][self.sub_rank::self.sub_world]
+        self.paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
+        self.cfg, self.rank = cfg, rank
+        self.load_indexes(validate=cfg.validate)
         self.vocab = Vocab(cfg.vocab) if stage == "wsp" else None
         if stage == "wsp":
             self.num_classes = len(self.vocab)
@@ -44,6 +34,23 @@ class RankShards:
             self.num_classes = read_num_classes(self.all_shards)
         else:
             self.num_classes = None
+
+    def load_indexes(self, *, validate: bool, force: bool = False) -> int:
+        """(Re)build this rank's indexes; returns the number of usable samples."""
+        cfg = self.cfg
+        self.indexes = [build_index(p, validate=validate, index_dir=cfg.index_dir, force=force) for p in self.paths]
+        self.skipped_by_shard = {ix.path: sum(ix.skipped.values()) for ix in self.indexes}
+        self.skipped_by_reason = Counter()
+        for ix in self.indexes:
+            self.skipped_by_reason.update(ix.skipped)
+        self.usable = [ix for ix in self.indexes if ix.samples]
+        if not self.usable:
+            raise ValueError(f"data.shards={cfg.shards!r}: rank {self.rank} has no readable sample in "
+                             f"{[ix.path for ix in self.indexes]} (skipped: {dict(self.skipped_by_reason)})")
+        # the flat sample list of the PyTorch path (DALI splits by shard_id/num_shards itself)
+        self.samples: list[tuple[str, Sample]] = [
+            (ix.path, s) for ix in self.usable for s in ix.samples][self.sub_rank::self.sub_world]
+        return sum(len(ix.samples) for ix in self.usable)
 
     def targets(self, metas: list[dict]) -> tuple[torch.Tensor | None, int]:
         """Targets for a batch of metadata dicts and how many images had no known hashtag."""

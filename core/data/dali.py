@@ -97,17 +97,36 @@ class DaliShardLoader:
                                          last_batch_policy=LastBatchPolicy.FILL)
 
     def __iter__(self):
-        if self._iter is None:
-            self._build()
-        for out in self._iter:
-            batch = out[0]
-            result = {"images": batch["images"]}
-            if "meta" in batch:
-                targets, missing = self.shards.targets(decode_metas(batch["meta"].cpu().numpy()))
-                result["targets"] = targets
-                self.no_known_hashtag += missing
-            self.batches_served += 1
-            yield result
+        while True:
+            if self._iter is None:
+                self._build()
+            try:
+                for out in self._iter:
+                    batch = out[0]
+                    result = {"images": batch["images"]}
+                    if "meta" in batch:
+                        targets, missing = self.shards.targets(decode_metas(batch["meta"].cpu().numpy()))
+                        result["targets"] = targets
+                        self.no_known_hashtag += missing
+                    self.batches_served += 1
+                    yield result
+            except RuntimeError as error:
+                self._recover(error)
+
+    def _recover(self, error: RuntimeError) -> None:
+        """The decoder hit an image the index did not catch (``data.validate=false``): re-index this rank's shards
+        decoding every image with PIL, and rebuild the pipeline without the bad samples (a new shuffle order:
+        the stream from here on is not the one a run without the bad image would have seen)."""
+        before = sum(len(ix.samples) for ix in self.shards.usable)
+        after = self.shards.load_indexes(validate=True, force=True)
+        if after == before:
+            raise error  # not a bad image: a real failure
+        import warnings
+
+        warnings.warn(f"DALI failed on a corrupt image; re-validated rank shards with PIL and left out "
+                      f"{before - after} sample(s) ({str(error).splitlines()[0][:200]})")
+        self._iter, self._checkpoint = None, None
+        self.seed += 7919
 
     def state_dict(self) -> dict:
         ckpt = self._iter.checkpoints()[0] if self._iter is not None else self._checkpoint
