@@ -25,15 +25,23 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The MAWS recipe in miniature on two ranks (CPU ranks over gloo when there is no GPU): MAE, then WSP
-# initialised from it, then the encoder consolidated into one timm-layout file.
+# The MAWS recipe in miniature on two ranks (CPU ranks over gloo when there is no GPU): a synthetic web-image
+# collection as JPEG webdataset shards and its hashtag vocabulary, MAE on it, then WSP initialised from it
+# (both read the shards through DALI), then the encoder consolidated into one timm-layout file.
 DEMO_DIR ?= runs/demo
+DEMO_DATA ?= $(DEMO_DIR)/data
+DEMO_SHARDS := --set data.source=shards --set 'data.shards=$(DEMO_DATA)/train-*.tar' \
+	--set data.vocab=$(DEMO_DATA)/vocab.json
 demo: $(STAMP)
-	$(BIN)/mawstron train recipes/vit_tiny_mae.py --gpus 2 --set output_dir=$(DEMO_DIR)/mae
-	$(BIN)/mawstron train recipes/vit_tiny_wsp.py --gpus 2 --set output_dir=$(DEMO_DIR)/wsp \
+	$(BIN)/mawstron data synth --out $(DEMO_DATA) --images 2000 --size 32
+	$(BIN)/mawstron data vocab --shards '$(DEMO_DATA)/train-*.tar' --min-count 5 \
+		--synonyms $(DEMO_DATA)/synonyms.json --out $(DEMO_DATA)/vocab.json
+	$(BIN)/mawstron train recipes/vit_tiny_mae.py --gpus 2 --set output_dir=$(DEMO_DIR)/mae $(DEMO_SHARDS)
+	$(BIN)/mawstron train recipes/vit_tiny_wsp.py --gpus 2 --set output_dir=$(DEMO_DIR)/wsp $(DEMO_SHARDS) \
 		--set checkpoint.init_from=$(DEMO_DIR)/mae/checkpoints
 	$(BIN)/mawstron consolidate $(DEMO_DIR)/wsp/checkpoints --keep-head --out $(DEMO_DIR)/vit_tiny_maws.safetensors
 	@echo "demo done:"
+	@echo "  data              $(DEMO_DATA) (train-*.tar, eval-{train,test}-*.tar, vocab.json)"
 	@echo "  MAE metrics       $(DEMO_DIR)/mae/metrics.jsonl   checkpoints $(DEMO_DIR)/mae/checkpoints"
 	@echo "  WSP metrics       $(DEMO_DIR)/wsp/metrics.jsonl   checkpoints $(DEMO_DIR)/wsp/checkpoints"
 	@echo "  encoder + head    $(DEMO_DIR)/vit_tiny_maws.safetensors (timm keys)"

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "bench": "bench",
     "eval": "evaluate",
     "train": "train",
+    "data": "data",
 }
 
 

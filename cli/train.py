@@ -55,6 +55,13 @@ def run(args, recipe_args: list[str]) -> int:
     except ConfigError as e:
         print(f"mawstron: config error: {e}", file=sys.stderr)
         return 2
+    from mawstron.core.data import check_data
+
+    try:
+        check_data(cfg.data, cfg.train.stage)
+    except ValueError as e:
+        print(f"mawstron: data error: {e}", file=sys.stderr)
+        return 2
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [launcher]
     env = dict(os.environ)

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from mawstron.core import training_flops, wsp_loss
 from mawstron.core.data import build_train_loader
+from mawstron.core.data.shards import SKIP_REASONS
 
 from . import checkpoint as ckpt
 from .build import build_model
@@ -154,11 +155,32 @@ class Trainer:
         }
 
     def _data_stats(self) -> dict:
-        """Skipped-sample counters summed over ranks (a collective: every rank calls it at the same steps)."""
+        """Data counters summed over ranks (a collective: every rank calls it at the same steps): images seen,
+        samples skipped (in total and per reason), images without a known hashtag (kept, all-zero targets)."""
         stats = self.loader.stats()
-        counts = torch.tensor([stats.get("images_seen", 0), stats.get("skipped", 0)], dtype=torch.float64)
+        reasons = stats.get("skipped_by_reason", {})
+        counts = torch.tensor([stats.get("images_seen", 0), stats.get("skipped", 0), stats.get("no_known_hashtag", 0)]
+                              + [reasons.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64)
         dist.all_reduce(counts)
-        return {"images_seen": int(counts[0]), "skipped": int(counts[1])}
+        out = {"images_seen": int(counts[0]), "skipped": int(counts[1]), "no_known_hashtag": int(counts[2])}
+        by_reason = {r: int(n) for r, n in zip(SKIP_REASONS, counts[3:].tolist()) if n}
+        if by_reason:
+            out["skipped_by_reason"] = by_reason
+        return out
+
+    def write_data_summary(self) -> None:
+        """``<run_dir>/data_rank<r>.json``: what this rank's loader read and skipped (its shards, the worst ones);
+        rank 0 prints the worst shards over all ranks."""
+        stats = self.loader.stats()
+        os.makedirs(self.cfg.run_dir, exist_ok=True)
+        with open(os.path.join(self.cfg.run_dir, f"data_rank{self.rank}.json"), "w") as f:
+            json.dump({"rank": self.rank, "world_size": self.world_size, **stats}, f, indent=1)
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, stats.get("worst_shards", []))
+        worst = sorted((tuple(w) for ws in gathered for w in ws), key=lambda w: (-w[1], w[0]))[:5]
+        if worst:
+            print_rank0(self.rank, "[mawstron] data: skipped samples, worst shards: "
+                        + ", ".join(f"{os.path.basename(s)} ({n})" for s, n in worst))
 
     def write_partition_report(self) -> None:
         """``<run_dir>/zero_partition.json``: each rank's share of parameters and measured model-state bytes
@@ -204,6 +226,7 @@ class Trainer:
                     self.save()
         finally:
             metrics.close()
+        self.write_data_summary()
         print_rank0(self.rank, f"[mawstron] done: {self.step} steps; metrics {metrics.path}; "
                                f"checkpoints {cfg.checkpoint_dir} (latest: {ckpt.tag_for_step(self.step)})")
 

@@ -205,3 +205,45 @@ def test_throughput_benchmark_prints_one_json_line(workdir):
     assert result["mfu"] is None and "not meaningful" in result["mfu_note"]
     expected = result["global_batch"] / result["step_time_s_median"]
     assert result["images_per_s"] == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------------------------- real data
+@pytest.fixture(scope="session")
+def shard_data(workdir):
+    """`mawstron data synth` shards (4 x 64 images, 32 px) with one deliberately broken JPEG in train-000001,
+    and their vocabulary."""
+    from data_helpers import break_jpeg
+
+    out = os.path.join(workdir, "shards")
+    exe = os.path.join(os.path.dirname(sys.executable), "mawstron")
+    subprocess.run([exe, "data", "synth", "--out", out, "--images", "256", "--size", "32", "--shard-size", "64",
+                    "--eval-images", "32"], check=True, capture_output=True, timeout=120)
+    break_jpeg(os.path.join(out, "train-000001.tar"), "000000070", how="garbage")
+    subprocess.run([exe, "data", "vocab", "--shards", os.path.join(out, "train-*.tar"), "--min-count", "3",
+                    "--synonyms", os.path.join(out, "synonyms.json"), "--out", os.path.join(out, "vocab.json")],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+def shard_overrides(data):
+    return ["data.source=shards", f"data.shards={data}/train-*.tar", f"data.vocab={data}/vocab.json",
+            "data.loader=dali", "data.dali_device=cpu", "data.num_workers=1"]
+
+
+@pytest.mark.parametrize("stage", ["mae", "wsp"])
+def test_training_on_shards_through_dali_skips_the_broken_jpeg(workdir, shard_data, stage):
+    run_dir = os.path.join(workdir, f"{stage}_shards")
+    steps = 4
+    out = run(f"vit_tiny_{stage}.py", TINY + shard_overrides(shard_data)
+              + [f"output_dir={run_dir}", f"train.steps={steps}", "checkpoint.init_from="], cwd=workdir)
+    assert out.returncode == 0, out.stdout[-4000:]
+    last = read_metrics(run_dir)[-1]
+    assert last["step"] == steps and last["images_seen"] == steps * 8 * 2
+    assert last["skipped"] >= 1 and last["skipped_by_reason"]["corrupt_jpeg"] == 1
+    assert "worst shards: train-000001.tar (1)" in out.stdout
+    ranks = [json.load(open(os.path.join(run_dir, f"data_rank{r}.json"))) for r in range(2)]
+    names = [[os.path.basename(s) for s in r["shards"]] for r in ranks]
+    assert names == [["train-000000.tar", "train-000002.tar"], ["train-000001.tar", "train-000003.tar"]]
+    assert ranks[0]["skipped"] == 0 and ranks[1]["skipped"] == 1  # only rank 1 reads the broken shard
+    if stage == "wsp":
+        assert last["loss"] == last["loss"]  # finite: all-zero rows are dropped by the loss, not NaN

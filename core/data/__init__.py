@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from .loader import IMAGENET_MEAN, IMAGENET_STD, SyntheticLoader
 
 SOURCES = ("synthetic", "shards")
+LOADERS = ("dali", "torch")
+DALI_DEVICES = ("auto", "cpu", "mixed")
 
 
 @dataclass
@@ -17,20 +19,63 @@ class DataConfig:
     shards: str = ""  # webdataset tar shards: a glob, a brace pattern or a comma-separated list
     loader: str = "dali"  # "dali" or "torch" (PIL DataLoader) for source="shards"
     vocab: str = ""  # vocab.json for WSP (mawstron data vocab)
-    num_workers: int = 2
+    num_workers: int = 2  # DALI threads or DataLoader worker processes
+    dali_device: str = "auto"  # decoder device: "auto" (mixed with CUDA, cpu otherwise), "cpu" or "mixed"
+    shuffle_buffer: int = 256  # samples in the shuffle buffer (DALI initial_fill); 0 or 1 reads in order
+    validate: bool = True  # decode every image once with PIL when indexing a shard (cached); bad ones are skipped
+    index_dir: str = ""  # where index files go; "" = beside the shards (falls back to a temp folder if read-only)
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"data.loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.dali_device not in DALI_DEVICES:
+            raise ValueError(f"data.dali_device must be one of {DALI_DEVICES}, got {self.dali_device!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
 
 
 def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batch: int, rank: int = 0,
                        world_size: int = 1, seed: int = 0):
-    """This rank's infinite train loader for ``stage`` ("mae" or "wsp")."""
+    """This rank's infinite train loader for ``stage`` ("mae", "wsp" or "finetune")."""
     if cfg.source == "synthetic":
+        if stage == "finetune":
+            raise ValueError("fine-tuning needs labelled shards: set data.source=shards and "
+                             "data.shards=DIR/eval-train-*.tar (from `mawstron data synth --out DIR`)")
         return SyntheticLoader(img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
                                seed=seed, with_targets=stage == "wsp")
-    raise NotImplementedError("data.source='shards' lands with the DALI data pipeline")
+    kwargs = dict(stage=stage, img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
+                  seed=seed)
+    if cfg.loader == "dali":
+        from .dali import DaliShardLoader
+
+        return DaliShardLoader(cfg, **kwargs)
+    from .torch_loader import TorchShardLoader
+
+    return TorchShardLoader(cfg, **kwargs)
 
 
-__all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "SOURCES", "SyntheticLoader", "build_train_loader"]
+def check_data(cfg: DataConfig, stage: str) -> None:
+    """Fail fast (ValueError with the fix) when the shards or the vocabulary named by ``cfg`` do not exist:
+    called by ``mawstron train`` before any rank starts."""
+    if cfg.source != "shards":
+        return
+    from .shards import Vocab, expand_shards
+
+    expand_shards(cfg.shards)
+    if stage == "wsp":
+        Vocab(cfg.vocab)
+
+
+def build_eval_loader(cfg: DataConfig, *, img_size: int, batch_size: int, shards: str):
+    """A finite, ordered pass over every usable labelled image of ``shards`` (see eval_loader.py)."""
+    from .eval_loader import EvalLoader
+
+    return EvalLoader(cfg, img_size=img_size, batch_size=batch_size, shards=shards)
+
+
+__all__ = ["DALI_DEVICES", "DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "LOADERS", "SOURCES", "SyntheticLoader",
+           "build_eval_loader", "build_train_loader", "check_data"]

@@ -1,0 +1,95 @@
+"""``mawstron data synth|vocab|index``: make a synthetic shard collection, build the hashtag vocabulary, index
+shards for DALI (and find bad samples)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("data", help="data: `mawstron data synth --out DIR`, `data vocab`, `data index`")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    s = sub.add_parser("synth", help="write a procedurally generated web-image collection as JPEG webdataset shards")
+    s.add_argument("--out", required=True, help="output folder (train-*.tar, eval-{train,test}-*.tar, manifest.json)")
+    s.add_argument("--images", type=int, required=True, help="training images (noisy hashtags)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (16-512)")
+    s.add_argument("--eval-images", type=int, default=500, help="images in each evaluation split (clean labels)")
+    s.add_argument("--shard-size", type=int, default=500, help="samples per tar shard")
+    s.add_argument("--workers", type=int, default=1, help="processes (the bytes do not depend on it)")
+    s.set_defaults(func=run_synth)
+
+    v = sub.add_parser("vocab", help="count hashtags over shards and write the WSP vocabulary")
+    v.add_argument("--shards", required=True, help="a glob, brace pattern or comma-separated list of tar shards")
+    v.add_argument("--min-count", type=int, default=1, help="keep tags on at least this many images")
+    v.add_argument("--synonyms", default="", help="json: variant -> canonical tag (e.g. DIR/synonyms.json)")
+    v.add_argument("--out", required=True, help="vocab.json to write")
+    v.set_defaults(func=run_vocab)
+
+    i = sub.add_parser("index", help="write DALI index files (wds2idx v1.2) for shards; report bad samples")
+    i.add_argument("--shards", required=True)
+    i.add_argument("--index-dir", default="", help="where to write them (default: beside the shards)")
+    i.add_argument("--no-validate", action="store_true", help="check JPEG markers only, do not decode with PIL")
+    i.add_argument("--force", action="store_true", help="rebuild even if a cached index is current")
+    i.set_defaults(func=run_index)
+
+
+def run_synth(args) -> int:
+    from mawstron.core.data.synth import synthesize
+
+    start = time.perf_counter()
+    try:
+        m = synthesize(args.out, images=args.images, seed=args.seed, size=args.size, eval_images=args.eval_images,
+                       shard_size=args.shard_size, workers=args.workers)
+    except ValueError as e:
+        print(f"mawstron data synth: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {m['counts']['train']} train images in {len(m['shards']['train'])} shards, "
+          f"{m['counts']['eval-train']} + {m['counts']['eval-test']} eval images ({m['num_classes']} classes), "
+          f"{args.size} px, to {args.out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_vocab(args) -> int:
+    from mawstron.core.data.shards import build_vocab, expand_shards, load_synonyms
+
+    try:
+        shards = expand_shards(args.shards, what="--shards")
+        vocab = build_vocab(shards, min_count=args.min_count, synonyms=load_synonyms(args.synonyms))
+    except (ValueError, OSError) as e:
+        print(f"mawstron data vocab: {e}", file=sys.stderr)
+        return 2
+    if not vocab["tags"]:
+        print(f"mawstron data vocab: no hashtag occurs on {args.min_count}+ images; lower --min-count",
+              file=sys.stderr)
+        return 2
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(vocab, f, indent=1)
+    top = ", ".join(f"{t} ({vocab['counts'][t]})" for t in vocab["tags"][:8])
+    print(f"{len(vocab['tags'])} tags (min count {args.min_count}) over {len(shards)} shards -> {args.out}; top: {top}")
+    return 0
+
+
+def run_index(args) -> int:
+    from mawstron.core.data.shards import build_index, expand_shards
+
+    try:
+        shards = expand_shards(args.shards, what="--shards")
+    except ValueError as e:
+        print(f"mawstron data index: {e}", file=sys.stderr)
+        return 2
+    total, bad = 0, {}
+    for shard in shards:
+        ix = build_index(shard, validate=not args.no_validate, index_dir=args.index_dir, force=args.force)
+        total += len(ix.samples)
+        for reason, n in ix.skipped.items():
+            bad[reason] = bad.get(reason, 0) + n
+        note = f"  skipped {dict(ix.skipped)}" if ix.skipped else ""
+        print(f"{shard}: {len(ix.samples)} samples -> {ix.index_path or '(no index: nothing usable)'}{note}")
+    print(f"{len(shards)} shards, {total} usable samples, skipped {sum(bad.values())} {bad}")
+    return 0

@@ -1,0 +1,100 @@
+"""What the DALI and PyTorch shard loaders share: this rank's shards and indexes, targets, counters."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+
+from .shards import Sample, Vocab, assign_shards, build_index, expand_shards, parse_meta, read_num_classes
+
+# augmentation per stage: RandomResizedCrop area range.  MAE uses (0.2, 1.0) (He et al. 2022); WSP and
+# fine-tuning use the standard Inception crop (0.08, 1.0) (Szegedy et al. 2015), as SWAG/MAWS pretraining does.
+CROP_SCALE = {"mae": (0.2, 1.0), "wsp": (0.08, 1.0), "finetune": (0.08, 1.0)}
+CROP_RATIO = (3 / 4, 4 / 3)
+STAGES = tuple(CROP_SCALE)
+
+
+class RankShards:
+    """Shards of ``cfg.shards`` that ``rank`` reads, their indexes, and what indexing left out."""
+
+    def __init__(self, cfg, *, stage: str, rank: int, world_size: int):
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.stage = stage
+        self.all_shards = expand_shards(cfg.shards)
+        self.paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
+        self.cfg, self.rank = cfg, rank
+        self.load_indexes(validate=cfg.validate)
+        self.vocab = Vocab(cfg.vocab) if stage == "wsp" else None
+        if stage == "wsp":
+            self.num_classes = len(self.vocab)
+        elif stage == "finetune":
+            self.num_classes = read_num_classes(self.all_shards)
+        else:
+            self.num_classes = None
+
+    def load_indexes(self, *, validate: bool, force: bool = False) -> int:
+        """(Re)build this rank's indexes; returns the number of usable samples."""
+        cfg = self.cfg
+        self.indexes = [build_index(p, validate=validate, index_dir=cfg.index_dir, force=force) for p in self.paths]
+        self.skipped_by_shard = {ix.path: sum(ix.skipped.values()) for ix in self.indexes}
+        self.skipped_by_reason = Counter()
+        for ix in self.indexes:
+            self.skipped_by_reason.update(ix.skipped)
+        self.usable = [ix for ix in self.indexes if ix.samples]
+        if not self.usable:
+            raise ValueError(f"data.shards={cfg.shards!r}: rank {self.rank} has no readable sample in "
+                             f"{[ix.path for ix in self.indexes]} (skipped: {dict(self.skipped_by_reason)})")
+        # the flat sample list of the PyTorch path (DALI splits by shard_id/num_shards itself)
+        self.samples: list[tuple[str, Sample]] = [
+            (ix.path, s) for ix in self.usable for s in ix.samples][self.sub_rank::self.sub_world]
+        return sum(len(ix.samples) for ix in self.usable)
+
+    def targets(self, metas: list[dict]) -> tuple[torch.Tensor | None, int]:
+        """Targets for a batch of metadata dicts and how many images had no known hashtag."""
+        if self.stage == "mae":
+            return None, 0
+        out = torch.zeros(len(metas), self.num_classes)
+        missing = 0
+        for i, meta in enumerate(metas):
+            if self.stage == "wsp":
+                idx = self.vocab.indices(meta)
+                if idx:
+                    out[i, idx] = 1.0
+                else:
+                    missing += 1
+            else:
+                label = meta.get("label")
+                if not isinstance(label, int) or not 0 <= label < self.num_classes:
+                    raise ValueError(f"fine-tuning sample without a valid json 'label' (got {label!r}); "
+                                     f"use labelled shards such as eval-train-*.tar")
+                out[i, label] = 1.0
+        return out, missing
+
+    def stats(self, images_seen: int, no_known_hashtag: int, runtime_skips: Counter | None = None) -> dict:
+        by_reason = Counter(self.skipped_by_reason)
+        by_shard = Counter(self.skipped_by_shard)
+        for (reason, shard), n in (runtime_skips or {}).items():
+            by_reason[reason] += n
+            by_shard[shard] += n
+        worst = [[s, n] for s, n in sorted(by_shard.items(), key=lambda kv: (-kv[1], kv[0])) if n][:5]
+        return {
+            "images_seen": images_seen,
+            "skipped": sum(by_reason.values()),
+            "skipped_by_reason": dict(by_reason),
+            "worst_shards": worst,
+            "no_known_hashtag": no_known_hashtag,
+            "shards": [ix.path for ix in self.indexes],
+        }
+
+
+def decode_metas(meta_rows: np.ndarray, ext_hint: str | None = None) -> list[dict]:
+    """Rows of zero-padded json/txt bytes (DALI's padded output) -> dicts."""
+    out = []
+    for row in meta_rows:
+        raw = bytes(row).rstrip(b"\0")
+        ext = ext_hint or ("json" if raw[:1] == b"{" else "txt")
+        out.append(parse_meta(raw, ext))
+    return out

@@ -1,0 +1,260 @@
+"""A procedurally generated web-image collection written as real JPEG webdataset shards.
+
+Each image shows one object (a shape in a colour, with a texture, size and position) on a background (solid or
+gradient) with clutter (small strokes in other colours) and pixel noise.  Its hashtags are noisy as web
+hashtags are: true tags are dropped, wrong tags of the same kind and irrelevant tags (#love, #nofilter) are
+added, and tags come in case and synonym variants (``#Red``, ``#red``, ``#crimson``).  The shape and colour
+tags correlate with the evaluation classes, so weakly-supervised pretraining learns features that transfer.
+
+Evaluation splits (``eval-train-*``, ``eval-test-*``) carry clean labels: class = shape x colour over
+``EVAL_SHAPES x EVAL_COLOURS`` (15 classes; colour alone or shape alone is not enough).
+
+Everything is a function of (seed, split, index): the same seed writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tarfile
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon")
+COLOURS = {
+    "red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 215),
+    "yellow": (235, 205, 40), "purple": (140, 50, 180), "orange": (240, 130, 30),
+}
+EVAL_SHAPES = SHAPES[:5]
+EVAL_COLOURS = ("red", "green", "blue")
+CLASSES = [f"{c}_{s}" for s in EVAL_SHAPES for c in EVAL_COLOURS]
+TEXTURES = ("plain", "striped", "dotted")
+# variant -> canonical (all lower case; case variants are generated on top)
+SYNONYMS = {
+    "crimson": "red", "scarlet": "red", "emerald": "green", "lime": "green", "navy": "blue", "azure": "blue",
+    "golden": "yellow", "violet": "purple", "lilac": "purple", "tangerine": "orange",
+    "round": "circle", "circles": "circle", "squares": "square", "box": "square", "triangles": "triangle",
+    "stars": "star", "plus": "cross", "hex": "hexagon", "stripes": "striped", "stripy": "striped",
+    "polkadot": "dotted", "dots": "dotted",
+}
+_VARIANTS: dict[str, list[str]] = {}
+for _v, _c in SYNONYMS.items():
+    _VARIANTS.setdefault(_c, []).append(_v)
+NOISE_TAGS = ("love", "instagood", "photooftheday", "nofilter", "art", "design", "tbt", "happy", "cute",
+              "picoftheday", "follow", "instadaily", "beautiful", "fun", "weekend", "mood")
+SPLITS = {"train": 0, "eval-train": 1, "eval-test": 2}
+
+
+def _polygon(cx, cy, r, n, rot):
+    return [(cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n))
+            for k in range(n)]
+
+
+def _shape_outline(shape, cx, cy, r, rot):
+    if shape == "square":
+        return _polygon(cx, cy, r * 1.2, 4, rot + math.pi / 4)
+    if shape == "triangle":
+        return _polygon(cx, cy, r * 1.25, 3, rot - math.pi / 2)
+    if shape == "hexagon":
+        return _polygon(cx, cy, r * 1.1, 6, rot)
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            rr = r * 1.3 if k % 2 == 0 else r * 0.55
+            a = rot - math.pi / 2 + math.pi * k / 5
+            pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
+        return pts
+    if shape == "cross":
+        w, L = r * 0.4, r * 1.2
+        base = [(-w, -L), (w, -L), (w, -w), (L, -w), (L, w), (w, w), (w, L), (-w, L), (-w, w), (-L, w), (-L, -w),
+                (-w, -w)]
+        c, s = math.cos(rot), math.sin(rot)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in base]
+    return None  # circle
+
+
+def render(rng: np.random.Generator, size: int, shape: str, colour: str):
+    """One image (PIL, RGB) and its true attributes."""
+    from PIL import Image, ImageDraw
+
+    # background: solid or vertical gradient, light or dark, never close to a class colour's saturation
+    dark = rng.random() < 0.4
+    base = rng.integers(20, 90, 3) if dark else rng.integers(150, 235, 3)
+    if rng.random() < 0.5:
+        top, bottom = base, np.clip(base + rng.integers(-60, 60, 3), 0, 255)
+        t = np.linspace(0, 1, size)[:, None, None]
+        arr = (top[None, None] * (1 - t) + bottom[None, None] * t) * np.ones((1, size, 1))
+    else:
+        arr = np.ones((size, size, 3)) * base[None, None]
+    img = Image.fromarray(arr.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    # clutter: small strokes and blobs in random colours
+    for _ in range(int(rng.integers(0, 5))):
+        c = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x0, y0 = rng.uniform(0, size, 2)
+        x1, y1 = x0 + rng.uniform(-0.3, 0.3) * size, y0 + rng.uniform(-0.3, 0.3) * size
+        if rng.random() < 0.5:
+            draw.line([(x0, y0), (x1, y1)], fill=c, width=max(1, size // 40))
+        else:
+            rr = rng.uniform(0.02, 0.06) * size
+            draw.ellipse([x0 - rr, y0 - rr, x0 + rr, y0 + rr], fill=c)
+    # the object
+    scale = rng.uniform(0.18, 0.36)
+    r = scale * size
+    cx, cy = rng.uniform(r * 1.1, size - r * 1.1, 2)
+    rot = rng.uniform(0, 2 * math.pi)
+    rgb = np.array(COLOURS[colour]) + rng.integers(-25, 26, 3)
+    fill = tuple(int(v) for v in np.clip(rgb, 0, 255))
+    texture = TEXTURES[int(rng.integers(0, len(TEXTURES)))]
+    mask = Image.new("L", (size, size), 0)
+    mdraw = ImageDraw.Draw(mask)
+    outline = _shape_outline(shape, cx, cy, r, rot)
+    if outline is None:
+        mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        mdraw.polygon(outline, fill=255)
+    obj = Image.new("RGB", (size, size), fill)
+    if texture != "plain":
+        odraw = ImageDraw.Draw(obj)
+        darker = tuple(int(v * 0.55) for v in fill)
+        step = max(3, int(size / 10))
+        if texture == "striped":
+            for k in range(-size, 2 * size, step):
+                odraw.line([(k, 0), (k + size, size)], fill=darker, width=max(1, step // 2))
+        else:
+            for yy in range(step // 2, size, step):
+                for xx in range(step // 2, size, step):
+                    odraw.ellipse([xx - step / 4, yy - step / 4, xx + step / 4, yy + step / 4], fill=darker)
+    img.paste(obj, (0, 0), mask)
+    arr = np.asarray(img).astype(np.float32) + rng.normal(0, 6, (size, size, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    attrs = {"shape": shape, "colour": colour, "texture": texture, "size": "big" if scale > 0.28 else "small",
+             "background": "dark" if dark else "bright"}
+    return img, attrs
+
+
+def _variant(rng, tag: str) -> str:
+    """A synonym or case variant of a canonical tag, as people write them."""
+    if tag in _VARIANTS and rng.random() < 0.3:
+        tag = _VARIANTS[tag][int(rng.integers(0, len(_VARIANTS[tag])))]
+    u = rng.random()
+    if u < 0.2:
+        return tag.capitalize()
+    if u < 0.25:
+        return tag.upper()
+    return tag
+
+
+def noisy_hashtags(rng, attrs: dict) -> list[str]:
+    """Web-like hashtags: the true shape/colour tags kept with p=0.75/0.7, texture/size/background less often,
+    a wrong shape or colour tag with p=0.15 each, 0-3 irrelevant tags, synonym and case variants."""
+    tags = []
+    for key, keep in (("shape", 0.75), ("colour", 0.7), ("texture", 0.35), ("size", 0.2), ("background", 0.2)):
+        value = attrs[key]
+        if key == "texture" and value == "plain":
+            continue
+        if rng.random() < keep:
+            tags.append(value)
+    if rng.random() < 0.15:
+        tags.append(SHAPES[int(rng.integers(0, len(SHAPES)))])
+    if rng.random() < 0.15:
+        tags.append(list(COLOURS)[int(rng.integers(0, len(COLOURS)))])
+    for _ in range(int(rng.integers(0, 4))):
+        tags.append(NOISE_TAGS[int(rng.integers(0, len(NOISE_TAGS)))])
+    order = rng.permutation(len(tags))
+    return ["#" + _variant(rng, tags[i]) for i in order]
+
+
+def make_sample(seed: int, split: str, index: int, size: int) -> tuple[bytes, dict]:
+    """(JPEG bytes, metadata) of one sample: a function of its arguments only."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    if split == "train":
+        shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
+        colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
+    else:
+        label = int(rng.integers(0, len(CLASSES)))
+        colour, shape = CLASSES[label].split("_")
+    img, attrs = render(rng, size, shape, colour)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
+    key = f"{index:09d}"
+    meta = {"key": key, "status": "success", "url": f"https://synth.example/{split}/{key}.jpg",
+            "width": size, "height": size}
+    if split == "train":
+        tags = noisy_hashtags(rng, attrs)
+        words = ["look at this", "my new", "found a", "so", "today:"][int(rng.integers(0, 5))]
+        meta["caption"] = f"{words} " + " ".join(tags)
+        if rng.random() < 0.6:
+            meta["hashtags"] = tags
+    else:
+        meta["label"] = label
+        meta["class_name"] = CLASSES[label]
+    return buf.getvalue(), meta
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shard(args) -> tuple[str, int]:
+    path, seed, split, start, stop, size = args
+    with open(path + ".tmp", "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(start, stop):
+                jpeg, meta = make_sample(seed, split, i, size)
+                key = meta["key"]
+                _add(tar, f"{key}.jpg", jpeg)
+                if split == "train" and "hashtags" not in meta and i % 2:  # img2dataset's caption-as-txt layout
+                    _add(tar, f"{key}.txt", meta["caption"].encode())
+                else:
+                    _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+    os.replace(path + ".tmp", path)
+    return path, stop - start
+
+
+def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_images: int = 500,
+               shard_size: int = 500, workers: int = 1) -> dict:
+    """Write the collection under ``out``; returns the manifest (also written to ``out/manifest.json``)."""
+    if images <= 0 or shard_size <= 0 or eval_images < 0:
+        raise ValueError("--images and --shard-size must be positive, --eval-images >= 0")
+    if not 16 <= size <= 512:
+        raise ValueError(f"--size must be in [16, 512], got {size}")
+    os.makedirs(out, exist_ok=True)
+    jobs = []
+    splits = {"train": images, "eval-train": eval_images, "eval-test": eval_images}
+    shards_of: dict[str, list[str]] = {}
+    for split, n in splits.items():
+        shards_of[split] = []
+        for k, start in enumerate(range(0, n, shard_size)):
+            name = f"{split}-{k:06d}.tar"
+            shards_of[split].append(name)
+            jobs.append((os.path.join(out, name), seed, split, start, min(n, start + shard_size), size))
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            list(pool.imap(_write_shard, jobs))
+    else:
+        for job in jobs:
+            _write_shard(job)
+    with open(os.path.join(out, "synonyms.json"), "w") as f:
+        json.dump(SYNONYMS, f, indent=1, sort_keys=True)
+    manifest = {
+        "format": "webdataset (img2dataset layout: KEY.jpg + KEY.json or KEY.txt)",
+        "generator": "mawstron data synth",
+        "seed": seed, "size": size, "shard_size": shard_size,
+        "counts": splits, "shards": shards_of,
+        "classes": CLASSES, "num_classes": len(CLASSES),
+        "class_definition": "colour_shape of the object (eval splits only; json 'label' indexes 'classes')",
+        "true_tags": {"shape": list(SHAPES), "colour": list(COLOURS), "texture": list(TEXTURES[1:]),
+                      "size": ["big", "small"], "background": ["dark", "bright"]},
+        "noise_tags": list(NOISE_TAGS),
+        "synonyms": "synonyms.json",
+    }
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
