@@ -11,13 +11,13 @@ STAMP := $(VENV)/.installed-stamp
 # (different include paths) never invalidates it.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: install test demo clean
+.PHONY: install test demo study clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,plot]"
 	touch $@
 
 install: $(STAMP)
@@ -45,6 +45,11 @@ demo: $(STAMP)
 	@echo "  MAE metrics       $(DEMO_DIR)/mae/metrics.jsonl   checkpoints $(DEMO_DIR)/mae/checkpoints"
 	@echo "  WSP metrics       $(DEMO_DIR)/wsp/metrics.jsonl   checkpoints $(DEMO_DIR)/wsp/checkpoints"
 	@echo "  encoder + head    $(DEMO_DIR)/vit_tiny_maws.safetensors (timm keys)"
+
+# The MAWS study in miniature (MAE vs WSP vs MAE -> WSP, linear probe and k-shot): benchmarks/results/study.*
+STUDY_ARGS ?=
+study: $(STAMP)
+	$(BIN)/python benchmarks/study.py $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache runs
