@@ -30,8 +30,8 @@ TOL = {
     torch.bfloat16: dict(atol=4e-2, rtol=4e-2),
 }
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="bf16 kernels are tested only on a GPU (the Triton "
-                                   "interpreter multiplies raw bf16 bits in tl.dot)")
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="bf16 is tested only on a GPU (the Triton interpreter "
+                                   "multiplies raw bf16 bits in tl.dot)")
 
 
 @pytest.fixture
