@@ -1,9 +1,9 @@
 """Shared setup for the kernel tests (``tests/test_kernels_*.py``).
 
 Importing this module before anything Triton-related makes the kernels testable on this machine: without CUDA,
-``TRITON_INTERPRET=1`` is set (``@triton.jit`` reads it when a kernel module is imported, and the kernel
-modules are imported lazily, so this is early enough; on CPU it changes nothing for the other tests, whose
-CPU tensors dispatch to the references anyway).  With CUDA the real compiled kernels are tested on the GPU.
+``TRITON_INTERPRET=1`` is set and Triton imported (``@triton.jit`` reads the variable when a kernel module is
+imported; the kernel modules are imported lazily, so collection time is early enough; on CPU it changes nothing
+for the other tests, whose CPU tensors dispatch to the references anyway).  With CUDA the real compiled kernels are tested on the GPU.
 """
 
 import os
@@ -16,6 +16,11 @@ if not HAS_CUDA:
     from mawstron.kernels._common import single_threaded_numpy_blas
 
     single_threaded_numpy_blas()  # the interpreter's tl.dot is np.matmul: 10x faster on a shared CPU
+    # triton.language builds its own @jit helpers (tl.sum, tl.max, ...) when first imported, as interpreted or
+    # compiled functions depending on TRITON_INTERPRET at that moment.  Import it now, while the variable is set
+    # (this runs at collection, before any test): otherwise a test that unsets it and then imports triton (e.g.
+    # test_dispatch's loud-failure test) would leave compiled helpers that interpreted kernels cannot call.
+    import triton.language  # noqa: F401
 
 import pytest  # noqa: E402
 
