@@ -37,7 +37,7 @@ def _gather_fwd_kernel(X, POS, IDS, OUT, sxb, sxl, spl, sib, sob, sol, V, D, BLO
     row = tl.program_id(0)  # b * V + j
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
-    b = row // V
+    b = (row // V).to(tl.int64)
     j = row % V
     src = tl.load(IDS + b * sib + j)
     x = tl.load(X + b * sxb + src * sxl + cols, mask=mask, other=0.0)
@@ -51,7 +51,7 @@ def _gather_bwd_kernel(DOUT, IDS, DX, sdb, sdl, sib, sxb, sxl, V, D, BLOCK: tl.c
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
-    b = row // V
+    b = (row // V).to(tl.int64)
     j = row % V
     dst = tl.load(IDS + b * sib + j)
     g = tl.load(DOUT + b * sdb + j * sdl + cols, mask=mask, other=0.0)
@@ -65,7 +65,7 @@ def _unshuffle_fwd_kernel(
     row = tl.program_id(0)  # b * (1 + L) + t
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
-    b = row // L1
+    b = (row // L1).to(tl.int64)
     t = row % L1
     r = tl.load(IDS + b * sib + tl.maximum(t - 1, 0))
     is_cls = t == 0
@@ -87,7 +87,7 @@ def _unshuffle_bwd_kernel(DOUT, IDS, DX, sdb, sdl, sib, sxb, sxl, L1, NVIS, D, B
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
-    b = row // L1
+    b = (row // L1).to(tl.int64)
     t = row % L1
     r = tl.load(IDS + b * sib + tl.maximum(t - 1, 0))
     is_cls = t == 0
