@@ -110,8 +110,10 @@ def gpu_sweep(args, copy_gbs):
                                       fwd_bwd_ms=ms_fb, fwd_bwd_gbs=fb_gbs, fwd_bwd_frac_of_copy=fb_gbs / copy_gbs)
         rows.append(row)
         t, r = row["impls"]["triton"], row["impls"]["reference"]
-        print(f"{op:27s} {preset:16s} {b}x{length}x{d}: triton {t['fwd_gbs']:.0f}/{t['fwd_bwd_gbs']:.0f} GB/s "
-              f"({t['fwd_frac_of_copy']:.0%} of copy), reference {r['fwd_gbs']:.0f}/{r['fwd_bwd_gbs']:.0f} GB/s", flush=True)
+        print(f"{op:27s} {preset:16s} {b}x{length}x{d}: "
+              f"triton {t['fwd_gbs']:.0f}/{t['fwd_bwd_gbs']:.0f} GB/s "
+              f"({t['fwd_frac_of_copy']:.0%} of copy), reference {r['fwd_gbs']:.0f}/{r['fwd_bwd_gbs']:.0f} GB/s",
+              flush=True)
     return rows
 
 
@@ -140,7 +142,8 @@ def cpu_sweep(tiny):
                 _loss(ref_out).backward()
                 outs = out if isinstance(out, tuple) else (out,)
                 refs = ref_out if isinstance(ref_out, tuple) else (ref_out,)
-                errs = {f"out{i}": bc.max_err(o, r) / max(1.0, float(r.detach().abs().max())) for i, (o, r) in enumerate(zip(outs, refs))}
+                errs = {f"out{i}": bc.max_err(o, r) / max(1.0, float(r.detach().abs().max()))
+                        for i, (o, r) in enumerate(zip(outs, refs))}
                 errs.update({f"grad{i}": bc.max_err(g, r.grad) / max(1e-12, float(r.grad.abs().max()))
                              for i, (g, r) in enumerate(zip(grads, ref_diff))})
                 ok = all(e <= tol for e in errs.values())

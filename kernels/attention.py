@@ -350,7 +350,10 @@ def flash_attention(q, k, v, softmax_scale=None):
 
 
 def flash_attention_packed(qkv, num_heads, softmax_scale=None):
-    """Attention from timm's fused qkv ``[batch, seq, 3 * heads * head_dim]``; returns ``[batch, seq, heads * head_dim]``."""
+    """Attention from timm's fused qkv ``[batch, seq, 3 * heads * head_dim]``.
+
+    Returns ``[batch, seq, heads * head_dim]``; q, k, v are read in place through strides.
+    """
     check_tensor("qkv", qkv, ndim=3, dtypes=_DTYPES)
     if num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
         raise ValueError(f"qkv last dim {qkv.shape[-1]} is not 3 * num_heads ({num_heads}) * head_dim")

@@ -1,9 +1,10 @@
 """Shared setup for the kernel tests (``tests/test_kernels_*.py``).
 
-Importing this module before anything Triton-related makes the kernels testable on this machine: without CUDA,
-``TRITON_INTERPRET=1`` is set and Triton imported (``@triton.jit`` reads the variable when a kernel module is
-imported; the kernel modules are imported lazily, so collection time is early enough; on CPU it changes nothing
-for the other tests, whose CPU tensors dispatch to the references anyway).  With CUDA the real compiled kernels are tested on the GPU.
+Importing this module before anything Triton-related makes the kernels testable on this machine: without
+CUDA, ``TRITON_INTERPRET=1`` is set and Triton imported (``@triton.jit`` reads the variable when a kernel
+module is imported; the kernel modules are imported lazily, so collection time is early enough; on CPU it
+changes nothing for the other tests, whose CPU tensors dispatch to the references anyway).  With CUDA the real
+compiled kernels are tested on the GPU.
 """
 
 import os

@@ -43,7 +43,8 @@ def test_layer_norm(shape, dtype):
     from mawstron.kernels.layer_norm import fused_layer_norm
 
     n = shape[-1]
-    (x, w, b), (xr, wr, br) = _leaves(torch.randn(shape) * 3 + 1, 1 + torch.randn(n) * 0.1, torch.randn(n), dtype=dtype)
+    (x, w, b), (xr, wr, br) = _leaves(torch.randn(shape) * 3 + 1, 1 + torch.randn(n) * 0.1, torch.randn(n),
+                                      dtype=dtype)
     _compare(fused_layer_norm(x, w, b, 1e-6), F.layer_norm(xr, (n,), wr, br, 1e-6), (x, w, b), (xr, wr, br),
              dtype, ("x", "weight", "bias"))
 
@@ -54,7 +55,8 @@ def test_add_layer_norm(shape, dtype):
     from mawstron.kernels.layer_norm import fused_add_layer_norm
 
     n = shape[-1]
-    leaves, refs = _leaves(torch.randn(shape), torch.randn(shape), 1 + torch.randn(n) * 0.1, torch.randn(n), dtype=dtype)
+    leaves, refs = _leaves(torch.randn(shape), torch.randn(shape), 1 + torch.randn(n) * 0.1, torch.randn(n),
+                           dtype=dtype)
     xr, rr, wr, br = refs
     hr = (xr + rr).to(dtype).double()  # the contract (ops.add_layer_norm_reference): h is in the input dtype
     _compare(fused_add_layer_norm(*leaves, 1e-5), (hr, F.layer_norm(hr, (n,), wr, br, 1e-5)), leaves, refs, dtype,
@@ -66,7 +68,8 @@ def test_layer_norm_eps_and_non_contiguous_input():
 
     x = torch.randn(80, 6, device=DEVICE).t() * 1e-3  # small variance: eps matters; strided rows
     w, b = torch.randn(80, device=DEVICE), torch.randn(80, device=DEVICE)
-    torch.testing.assert_close(fused_layer_norm(x, w, b, 1e-2), F.layer_norm(x, (80,), w, b, 1e-2), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(fused_layer_norm(x, w, b, 1e-2), F.layer_norm(x, (80,), w, b, 1e-2),
+                               atol=2e-5, rtol=2e-5)
 
 
 # ----------------------------------------------------------------------------------------------- MAE masking
