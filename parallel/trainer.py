@@ -48,6 +48,11 @@ class Trainer:
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
             torch.cuda.set_device(local_rank)
             self.device = torch.device("cuda", local_rank)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            # CPU ranks share the machine's cores: by default each would start one intra-op thread per core,
+            # and oversubscribed OpenMP threads spin-wait (several times slower on 2 cores with 2 ranks)
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_ranks)))
 
     def build(self) -> None:
         import deepspeed
