@@ -210,7 +210,8 @@ def write_markdown(result: dict, path: str, plot_name: str) -> None:
         "",
         f"Data: `mawstron data synth` ({s['images']} training images with noisy hashtags, {s['size']} px, "
         f"{result['data'].get('vocab_size')} hashtags kept in the vocabulary; {s['eval_images']} labelled images in "
-        f"each of the probe-train and test splits). Model: `vit_tiny` on {s['ranks']} ranks (DeepSpeed ZeRO-3, {s['precision']}), micro-batch "
+        f"each of the probe-train and test splits). Model: `vit_tiny` on {s['ranks']} ranks (DeepSpeed ZeRO-3, "
+        f"{s['precision']}), micro-batch "
         f"{s['micro_batch']} per rank. (a) MAE {s['mae_steps']} steps; (b) and (c) WSP {s['wsp_steps']} steps each, "
         f"same data, seed and schedule; (c) starts from (a)'s encoder. Evaluation: frozen features, linear probe "
         f"(L2 chosen on a hold-out) and k-shot logistic regression averaged over {s['draws']} draws.",

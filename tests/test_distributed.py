@@ -247,3 +247,22 @@ def test_training_on_shards_through_dali_skips_the_broken_jpeg(workdir, shard_da
     assert ranks[0]["skipped"] == 0 and ranks[1]["skipped"] == 1  # only rank 1 reads the broken shard
     if stage == "wsp":
         assert last["loss"] == last["loss"]  # finite: all-zero rows are dropped by the loss, not NaN
+
+
+def test_finetune_from_mae_on_labelled_shards(workdir, shard_data, mae_run):
+    """The transfer stage: labelled shards (json `label`) as one-hot targets, encoder from the MAE run, fresh
+    head, layer-wise lr decay, label smoothing."""
+    run_dir = os.path.join(workdir, "finetune")
+    overrides = TINY + [f"data.shards={shard_data}/eval-train-*.tar", "data.dali_device=cpu", "data.num_workers=1",
+                        f"output_dir={run_dir}", "train.steps=4", "checkpoint.every_steps=4",
+                        f"checkpoint.init_from={mae_run}/checkpoints"]
+    out = run("vit_tiny_finetune.py", overrides, cwd=workdir)
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert "[mawstron] init_from " in out.stdout
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in records)
+    with open(os.path.join(shard_data, "manifest.json")) as f:
+        num_classes = json.load(f)["num_classes"]
+    head = read_zero_checkpoint(os.path.join(run_dir, "checkpoints"))["head.weight"]
+    assert head.shape[0] == num_classes
