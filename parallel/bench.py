@@ -146,8 +146,9 @@ def run_benchmark(argv: list[str] | None = None) -> int:
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     result = summarize(records, trainer, args, cfg, float(peak))
     if trainer.rank == 0:
-        out = args.out or os.path.join(RESULTS_DIR, f"throughput-{cfg.model.preset}-{cfg.train.stage}-"
-                                                    f"{result['device'].split()[0].lower()}-{result['data'].split(':')[0]}.json")
+        name = (f"throughput-{cfg.model.preset}-{cfg.train.stage}-{cfg.parallel.precision}-"
+                f"{result['device'].split()[0].lower()}-{result['data'].split(':')[0]}.json")
+        out = args.out or os.path.join(RESULTS_DIR, name)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
