@@ -33,6 +33,7 @@ def env() -> dict:
     e = dict(os.environ)
     e.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     e.pop("MAWSTRON_KERNELS", None)
+    e.pop("TRITON_INTERPRET", None)  # set by conftest for the in-process kernel tests only
     return e
 
 
