@@ -16,23 +16,15 @@ import itertools
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def measure(loader: str, args) -> dict:
     import torch
 
     from mawstron.core.data import DataConfig, build_train_loader
+    from mawstron.parallel.bench import git_commit
 
     cfg = DataConfig(source="shards", shards=args.shards, loader=loader, num_workers=args.threads,
                      dali_device=args.dali_device, vocab=args.vocab)

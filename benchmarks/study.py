@@ -149,14 +149,6 @@ def device_name() -> str:
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
-
-
 def area_under(curve) -> float:
     """Mean loss over the run (trapezoid over steps): lower means it converged faster."""
     if len(curve) < 2:
@@ -271,6 +263,8 @@ def write_plot(result: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    from mawstron.parallel.bench import git_commit
+
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)

@@ -59,6 +59,17 @@ def _gather_bwd_kernel(DOUT, IDS, DX, sdb, sdl, sib, sxb, sxl, V, D, BLOCK: tl.c
 
 
 @triton.jit
+def _unshuffle_source(IDS, b, sib, t, NVIS):
+    """Output row ``t`` of the un-shuffle (0 = class token) comes from input row ``src`` of x when ``visible``,
+    else it is a mask token: the mapping the forward reads through and the backward scatters through."""
+    r = tl.load(IDS + b * sib + tl.maximum(t - 1, 0))
+    is_cls = t == 0
+    visible = is_cls | (r < NVIS - 1)
+    src = tl.where(is_cls, 0, 1 + r)
+    return src, visible
+
+
+@triton.jit
 def _unshuffle_fwd_kernel(
     X, MASK_TOKEN, IDS, POS, OUT, sxb, sxl, sib, spl, sob, sol, L1, NVIS, D, BLOCK: tl.constexpr
 ):
@@ -67,11 +78,8 @@ def _unshuffle_fwd_kernel(
     mask = cols < D
     b = (row // L1).to(tl.int64)
     t = row % L1
-    r = tl.load(IDS + b * sib + tl.maximum(t - 1, 0))
-    is_cls = t == 0
-    visible = is_cls | (r < NVIS - 1)
-    is_mask_token = (t > 0) & (r >= NVIS - 1)
-    src = tl.where(is_cls, 0, 1 + r)
+    src, visible = _unshuffle_source(IDS, b, sib, t, NVIS)
+    is_mask_token = visible == 0
     # row predicates broadcast to vectors explicitly (a scalar bool in a load mask trips the interpreter)
     vis_vec = mask & ((cols * 0 + visible.to(tl.int32)) != 0)
     mt_vec = mask & ((cols * 0 + is_mask_token.to(tl.int32)) != 0)
@@ -89,10 +97,7 @@ def _unshuffle_bwd_kernel(DOUT, IDS, DX, sdb, sdl, sib, sxb, sxl, L1, NVIS, D, B
     mask = cols < D
     b = (row // L1).to(tl.int64)
     t = row % L1
-    r = tl.load(IDS + b * sib + tl.maximum(t - 1, 0))
-    is_cls = t == 0
-    visible = is_cls | (r < NVIS - 1)
-    dst = tl.where(is_cls, 0, 1 + r)
+    dst, visible = _unshuffle_source(IDS, b, sib, t, NVIS)
     vis_vec = mask & ((cols * 0 + visible.to(tl.int32)) != 0)
     g = tl.load(DOUT + b * sdb + t * sdl + cols, mask=vis_vec, other=0.0)
     tl.store(DX + b * sxb + dst * sxl + cols, g, mask=vis_vec)
