@@ -7,12 +7,13 @@ layout) and reads q, k and v through strided views of it (no copies), writes the
 
 Forward: one program per (query block, batch * head); online softmax over key blocks in float32, the output
 normalised once at the end, and the log-sum-exp (base 2, scale folded in) saved per query row.
-Backward: a preprocess kernel computes ``delta = rowsum(dO * O)``; a dK/dV kernel (one program per key block)
-loops over query blocks; a dQ kernel (one program per query block) loops over key blocks.  No atomics, no
-N x N tensor in memory.
+Backward: a preprocess kernel computes ``delta = rowsum(dO * O)``, then either the ``fused`` schedule (one
+program per (batch, head), 5 matmuls, dQ accumulated in float32) or the ``split`` one (dK/dV and dQ kernels,
+7 matmuls, more parallel); see kernels/attention_kernels.py.  No atomics, no N x N tensor in memory.
 
-The sequence dimension is masked (any length); the head dim is padded to the next power of two and masked
-(80 -> 128).  Inputs fp16/bf16/fp32, accumulation fp32.  Reference: ``ops.attention_reference`` (SDPA).
+Any sequence length (only the last, partial block is masked); head dim 80 runs as 64 + 16, not padded to 128.
+Launch configs: kernels/attention_configs.py (a tuned table over a heuristic).  Inputs fp16/bf16/fp32,
+accumulation fp32.  Reference: ``ops.attention_reference`` (SDPA).
 """
 
 from __future__ import annotations
@@ -21,209 +22,19 @@ import math
 
 import torch
 import triton
-import triton.language as tl
 
-from ._common import check_tensor, interpreting, new_empty
+from . import attention_configs as configs
+from ._common import check_tensor, new_empty
+from .attention_kernels import (  # noqa: F401  (re-exported for tests/_compile_kernels.py)
+    _attn_bwd_dkdv_kernel,
+    _attn_bwd_dq_kernel,
+    _attn_bwd_preprocess_kernel,
+    _attn_fwd_kernel,
+)
 
 LOG2E = 1.4426950408889634
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-# ----------------------------------------------------------------------------------------------- kernels
-@triton.jit
-def _attn_fwd_kernel(
-    Q, K, V, O, LSE,
-    sqb, sqh, sqn, sqd,
-    skb, skh, skn, skd,
-    svb, svh, svn, svd,
-    sob, soh, son, sod,
-    H, N, D,
-    qk_scale,  # softmax_scale * log2(e)
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: batch * batch_stride can pass 2^31
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < N
-    mask_d = offs_d < D
-
-    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd
-    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    k_base = K + b * skb + h * skh
-    v_base = V + b * svb + h * svh
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        cols = start_n + offs_n
-        mask_n = cols < N
-        # K loaded transposed: [BLOCK_D, BLOCK_N]
-        kt = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-    acc = acc / l_i[:, None]
-    o_ptrs = O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :] * sod
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    tl.store(LSE + pid_bh * N + offs_m, m_i + tl.log2(l_i), mask=mask_m)
-
-
-@triton.jit
-def _attn_bwd_preprocess_kernel(
-    O, DO, DELTA,
-    sob, soh, son, sod,
-    sdb, sdh, sdn, sdd,
-    H, N, D,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: batch * batch_stride can pass 2^31
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
-    o = tl.load(O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :] * sod, mask=mask, other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :] * sdd, mask=mask, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh * N + offs_m, delta, mask=offs_m < N)
-
-
-@triton.jit
-def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
-    sqb, sqh, sqn, sqd,
-    skb, skh, skn, skd,
-    svb, svh, svn, svd,
-    sdb, sdh, sdn, sdd,
-    sdkb, sdkh, sdkn, sdkd,
-    sdvb, sdvh, sdvn, sdvd,
-    H, N, D,
-    sm_scale, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: batch * batch_stride can pass 2^31
-    h = pid_bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_n = offs_n < N
-    mask_d = offs_d < D
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=mask_nd, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=mask_nd, other=0.0)
-    q_base = Q + b * sqb + h * sqh
-    do_base = DO + b * sdb + h * sdh
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for start_m in range(0, N, BLOCK_M):
-        rows = start_m + offs_m
-        mask_m = rows < N
-        mask_md = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=mask_md, other=0.0)
-        do = tl.load(do_base + rows[:, None] * sdn + offs_d[None, :] * sdd, mask=mask_md, other=0.0)
-        lse = tl.load(LSE + pid_bh * N + rows, mask=mask_m, other=0.0)
-        delta = tl.load(DELTA + pid_bh * N + rows, mask=mask_m, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [M, N]
-        p = tl.exp2(s - lse[:, None])
-        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    dk = dk * sm_scale
-    tl.store(DK + b * sdkb + h * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
-             dk.to(DK.dtype.element_ty), mask=mask_nd)
-    tl.store(DV + b * sdvb + h * sdvh + offs_n[:, None] * sdvn + offs_d[None, :] * sdvd,
-             dv.to(DV.dtype.element_ty), mask=mask_nd)
-
-
-@triton.jit
-def _attn_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    sqb, sqh, sqn, sqd,
-    skb, skh, skn, skd,
-    svb, svh, svn, svd,
-    sdb, sdh, sdn, sdd,
-    sdqb, sdqh, sdqn, sdqd,
-    H, N, D,
-    sm_scale, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: batch * batch_stride can pass 2^31
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < N
-    mask_d = offs_d < D
-    mask_md = mask_m[:, None] & mask_d[None, :]
-
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd, mask=mask_md, other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :] * sdd, mask=mask_md, other=0.0)
-    lse = tl.load(LSE + pid_bh * N + offs_m, mask=mask_m, other=0.0)
-    delta = tl.load(DELTA + pid_bh * N + offs_m, mask=mask_m, other=0.0)
-    k_base = K + b * skb + h * skh
-    v_base = V + b * svb + h * svh
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        cols = start_n + offs_n
-        mask_n = cols < N
-        mask_nd = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + cols[:, None] * skn + offs_d[None, :] * skd, mask=mask_nd, other=0.0)
-        v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd, mask=mask_nd, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        p = tl.exp2(s - lse[:, None])
-        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    dq = dq * sm_scale
-    tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqn + offs_d[None, :] * sdqd,
-             dq.to(DQ.dtype.element_ty), mask=mask_md)
-
-
-# ----------------------------------------------------------------------------------------------- launch configs
-def _fwd_config(n: int, block_d: int) -> dict:
-    """Block sizes for the forward kernel, keyed on (seq, padded head dim).
-
-    Interpreter: 64 x 64 blocks (measured faster than 128 x 128 there).  GPU: 128-row query blocks once the sequence
-    fills them, narrower key blocks for wide heads to keep registers in check.  A heuristic, not yet tuned on
-    hardware (no GPU was available when it was written).
-    """
-    if interpreting():
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
-    block_m = 64 if n <= 128 else 128
-    block_n = 64 if block_d <= 64 else 32
-    num_warps = 4 if block_d <= 64 and block_m == 64 else 8
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=2 if block_d > 64 else 3)
-
-
-def _bwd_config(n: int, block_d: int) -> dict:
-    if interpreting():
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
-    if block_d <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=1)
 
 
 def _strides(t):
@@ -244,39 +55,80 @@ def _check_qkv(q, k, v):
 
 
 # ----------------------------------------------------------------------------------------------- launchers
+_SM_COUNT_DEFAULT = 132  # H100 SXM; used only without CUDA (nothing runs then but the interpreter)
+
+
+def _capability_and_sms(device):
+    if device.type != "cuda":
+        return None, _SM_COUNT_DEFAULT
+    props = torch.cuda.get_device_properties(device)
+    return (props.major, props.minor), props.multi_processor_count
+
+
+def launch_plan(q_shape, dtype, capability=None, sm_count=_SM_COUNT_DEFAULT) -> dict:
+    """Everything the launchers decide for one call: head-dim split, configs per kernel, backward schedule.
+
+    ``capability``: (major, minor) of the GPU, None without one (heuristic configs); tests/_compile_kernels.py
+    calls this with (9, 0) to compile exactly what an H100 would run.
+    """
+    b, h, n, d = q_shape
+    cfg = configs.lookup(capability, dtype, n, d)
+    d0, d1 = configs.head_dim_split(d)
+    head = dict(D0=d0, D1=d1 or 16, HAS_TAIL=d1 > 0, MASK_D0=d0 > d if not d1 else False,
+                MASK_D1=d1 > 0 and d0 + d1 > d)
+    return dict(cfg=cfg, head=head, mode=configs.backward_mode(cfg, b * h, sm_count), precision=_precision(dtype))
+
+
+def _split_cfg(part):
+    blocks = {k: part[k] for k in ("BLOCK_M", "BLOCK_N")}
+    return blocks, dict(num_warps=part["num_warps"], num_stages=part["num_stages"])
+
+
 def _forward(q, k, v, o, scale):
     """q, k, v, o: [B, H, N, D] views (any strides). Returns the base-2 log-sum-exp, float32 [B*H, N]."""
     b, h, n, d = q.shape
-    block_d = max(16, triton.next_power_of_2(d))
+    plan = launch_plan(q.shape, q.dtype, *_capability_and_sms(q.device))
     lse = new_empty((b * h, n), torch.float32, q.device)
-    cfg = _fwd_config(n, block_d)
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]), b * h)
+    blocks, opts = _split_cfg(plan["cfg"]["fwd"])
+    grid = (triton.cdiv(n, blocks["BLOCK_M"]), b * h)
     _attn_fwd_kernel[grid](
         q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         h, n, d, scale * LOG2E,
-        BLOCK_D=block_d, PRECISION=_precision(q.dtype), **cfg,
+        PRECISION=plan["precision"], **plan["head"], **blocks, **opts,
     )
     return lse
 
 
 def _backward(q, k, v, o, do, lse, dq, dk, dv, scale):
     b, h, n, d = q.shape
-    block_d = max(16, triton.next_power_of_2(d))
+    plan = launch_plan(q.shape, q.dtype, *_capability_and_sms(q.device))
+    head, prec = plan["head"], plan["precision"]
     delta = new_empty((b * h, n), torch.float32, q.device)
     pre_m = 64
     _attn_bwd_preprocess_kernel[(triton.cdiv(n, pre_m), b * h)](
-        o, do, delta, *_strides(o), *_strides(do), h, n, d, BLOCK_M=pre_m, BLOCK_D=block_d
+        o, do, delta, *_strides(o), *_strides(do), h, n, d,
+        BLOCK_M=pre_m, BLOCK_D=max(16, triton.next_power_of_2(d)),
     )
-    cfg = _bwd_config(n, block_d)
-    prec = _precision(q.dtype)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
-    _attn_bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b * h)](
-        q, k, v, do, lse, delta, dk, dv, *common, *_strides(dk), *_strides(dv),
-        h, n, d, scale, scale * LOG2E, BLOCK_D=block_d, PRECISION=prec, **cfg,
+    if plan["mode"] == "fused":
+        # float32 dQ rows [B*H, N, D0 + D1], owned by one program each; zeroed, then cast into dq's layout
+        dq_acc = torch.zeros((b * h, n, head["D0"] + head["D1"]), dtype=torch.float32, device=q.device)
+        blocks, opts = _split_cfg(plan["cfg"]["bwd_fused"])
+        _attn_bwd_dkdv_kernel[(1, b * h)](
+            q, k, v, do, lse, delta, dk, dv, dq_acc, *common, *_strides(dk), *_strides(dv),
+            h, n, d, scale, scale * LOG2E, FUSE_DQ=True, PRECISION=prec, **head, **blocks, **opts,
+        )
+        dq.copy_(dq_acc[..., :d].view(b, h, n, d))
+        return
+    blocks, opts = _split_cfg(plan["cfg"]["bwd_kv"])
+    _attn_bwd_dkdv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]), b * h)](
+        q, k, v, do, lse, delta, dk, dv, delta, *common, *_strides(dk), *_strides(dv),
+        h, n, d, scale, scale * LOG2E, FUSE_DQ=False, PRECISION=prec, **head, **blocks, **opts,
     )
-    _attn_bwd_dq_kernel[(triton.cdiv(n, cfg["BLOCK_M"]), b * h)](
+    blocks, opts = _split_cfg(plan["cfg"]["bwd_q"])
+    _attn_bwd_dq_kernel[(triton.cdiv(n, blocks["BLOCK_M"]), b * h)](
         q, k, v, do, lse, delta, dq, *common, *_strides(dq),
-        h, n, d, scale, scale * LOG2E, BLOCK_D=block_d, PRECISION=prec, **cfg,
+        h, n, d, scale, scale * LOG2E, PRECISION=prec, **head, **blocks, **opts,
     )
 
 

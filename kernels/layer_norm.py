@@ -29,7 +29,7 @@ def _ln_fwd_kernel(
     N, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * stride passes 2^31 beyond ~2M rows of width 1024
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     x = tl.load(X + row * sx + cols, mask=mask, other=0.0)
@@ -58,7 +58,7 @@ def _ln_bwd_kernel(
     M, N, ROWS_PER_PROGRAM,
     HAS_DH: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit row offsets (row * stride can pass 2^31)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)

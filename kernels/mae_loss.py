@@ -23,7 +23,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _mae_loss_fwd_kernel(
     PRED, TARGET, MASK, ROW_LOSS, MEAN, RSTD, sp, st, P, eps, NORM: tl.constexpr, BLOCK: tl.constexpr
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * stride can pass 2^31
     cols = tl.arange(0, BLOCK)
     valid = cols < P
     pred = tl.load(PRED + row * sp + cols, mask=valid, other=0.0).to(tl.float32)
@@ -47,7 +47,7 @@ def _mae_loss_bwd_kernel(
     sp, st, sdp, sdt, P,
     NORM: tl.constexpr, TARGET_GRAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * stride can pass 2^31
     cols = tl.arange(0, BLOCK)
     valid = cols < P
     # d loss / d row_loss = grad_out * mask[row] / sum(mask), precomputed on device as GRAD_SCALE
