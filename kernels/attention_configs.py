@@ -17,6 +17,7 @@ Triton lowers it to Hopper's wgmma (checked from PTX by tests/test_kernels_compi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -86,12 +87,28 @@ def load_table(path: str | None = None) -> dict:
     return table.get("entries", table)
 
 
+_OVERRIDE: list[dict] = []  # set by ``trying`` (the tuner): an entry used for every shape while it is active
+
+
+@contextlib.contextmanager
+def trying(entry: dict):
+    """Launch every attention call with ``entry`` (over the heuristic) instead of the table, e.g. to time it."""
+    _OVERRIDE.append(entry)
+    try:
+        yield
+    finally:
+        _OVERRIDE.pop()
+
+
 def lookup(capability, dtype, n: int, d: int) -> dict:
     """The launch configs for one shape: the table's entry over the heuristic (the interpreter never reads it)."""
     cfg = heuristic(n, d)
-    if interpreting() or capability is None:
+    if _OVERRIDE:
+        entry = _OVERRIDE[-1]
+    elif interpreting() or capability is None:
         return cfg
-    entry = load_table().get(table_key(capability, dtype, d, n))
+    else:
+        entry = load_table().get(table_key(capability, dtype, d, n))
     if entry:
         for part in PARTS:
             if part in entry:

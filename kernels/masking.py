@@ -14,6 +14,8 @@ reductions.  References: ``ops.gather_visible_tokens_reference``, ``ops.unshuffl
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -180,6 +182,33 @@ class _Unshuffle(torch.autograd.Function):
         return dx, dmask, None, dpos
 
 
+def ids_checked() -> bool:
+    """Whether the masking ops verify their ids (default on; ``MAWSTRON_CHECK_IDS=0`` turns it off for speed).
+
+    A duplicate id would race in the gather's backward (two rows scattered to one) and a missing one in the
+    un-shuffle's would leave ``dx`` rows unwritten: both silently wrong gradients.  The check is a sort of the
+    [batch, length] ids and one device-to-host sync per call, small next to the rows the kernels move.
+    """
+    return os.environ.get("MAWSTRON_CHECK_IDS", "1") not in ("0", "false", "False", "")
+
+
+def _check_distinct_ids(name, ids, length, full):
+    """ids[b] must be distinct values in [0, length) -- all of them when ``full`` (a permutation)."""
+    if ids.numel() == 0:
+        return
+    ordered = torch.sort(ids, dim=1).values
+    if full:
+        bad = bool((ordered != torch.arange(length, device=ids.device, dtype=ids.dtype)).any())
+        what = f"a permutation of 0..{length - 1} in every row"
+    else:
+        bad = bool((ordered[:, 0] < 0).any() | (ordered[:, -1] >= length).any()
+                   | (ordered[:, 1:] == ordered[:, :-1]).any())
+        what = f"distinct indices in [0, {length}) in every row"
+    if bad:
+        raise ValueError(f"{name} is not {what} (duplicate, missing or out-of-range ids give wrong gradients); "
+                         f"pass ids from argsort of random noise, or set MAWSTRON_CHECK_IDS=0 to skip this check")
+
+
 def fused_gather_visible_tokens(x, pos_embed, ids_keep):
     check_tensor("x", x, ndim=3, dtypes=_DTYPES)
     b, length, d = x.shape
@@ -187,6 +216,8 @@ def fused_gather_visible_tokens(x, pos_embed, ids_keep):
     check_tensor("ids_keep", ids_keep, ndim=2, dtypes=_IDX, device=x.device)
     if ids_keep.shape[0] != b:
         raise ValueError(f"ids_keep has batch {ids_keep.shape[0]}, x has batch {b}")
+    if ids_checked():
+        _check_distinct_ids("ids_keep", ids_keep, length, full=False)
     return _GatherVisible.apply(x, pos_embed, ids_keep)
 
 
@@ -201,4 +232,6 @@ def fused_unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed):
     if not 1 <= n_vis <= length + 1:
         raise ValueError(f"x has {n_vis} tokens (class + visible); expected between 1 and 1 + {length}")
     check_tensor("pos_embed", pos_embed, shape=(1, 1 + length, d), dtypes=_DTYPES, device=x.device)
+    if ids_checked():
+        _check_distinct_ids("ids_restore", ids_restore, length, full=True)
     return _Unshuffle.apply(x, mask_token, ids_restore, pos_embed)

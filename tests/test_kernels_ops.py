@@ -114,6 +114,33 @@ def test_masking_validation_names_the_argument():
                                          torch.randn(1, 17, 8, device=DEVICE))
 
 
+
+def test_masking_rejects_ids_that_are_not_permutations(monkeypatch):
+    """A duplicate id would race in the gather backward; a missing one would leave un-shuffle dx rows unwritten."""
+    from mawstron.kernels.masking import fused_gather_visible_tokens, fused_unshuffle_with_mask_tokens
+
+    b, length, d = 2, 16, 8
+    x, pos = torch.randn(b, length, d, device=DEVICE), torch.randn(1, length, d, device=DEVICE)
+    keep = torch.stack([torch.randperm(length)[:4] for _ in range(b)]).to(DEVICE)
+    fused_gather_visible_tokens(x, pos, keep)  # valid ids pass
+    for bad in (torch.tensor([[0, 1, 1, 2], [0, 1, 2, 3]]), torch.tensor([[0, 1, 2, 16], [0, 1, 2, 3]]),
+                torch.tensor([[-1, 1, 2, 3], [0, 1, 2, 3]])):
+        with pytest.raises(ValueError, match="ids_keep is not distinct indices in .0, 16.*MAWSTRON_CHECK_IDS=0"):
+            fused_gather_visible_tokens(x, pos, bad.to(DEVICE))
+
+    xv, mt, pos1 = (torch.randn(b, 5, d, device=DEVICE), torch.randn(1, 1, d, device=DEVICE),
+                    torch.randn(1, 1 + length, d, device=DEVICE))
+    restore = torch.stack([torch.argsort(torch.randperm(length)) for _ in range(b)]).to(DEVICE)
+    fused_unshuffle_with_mask_tokens(xv, mt, restore, pos1)
+    duplicated = restore.clone()
+    duplicated[1, 0] = duplicated[1, 1]
+    with pytest.raises(ValueError, match="ids_restore is not a permutation of 0..15"):
+        fused_unshuffle_with_mask_tokens(xv, mt, duplicated, pos1)
+
+    monkeypatch.setenv("MAWSTRON_CHECK_IDS", "0")  # the switch: no check, no sync (caller vouches for the ids)
+    fused_unshuffle_with_mask_tokens(xv, mt, duplicated, pos1)
+    fused_gather_visible_tokens(x, pos, torch.tensor([[0, 1, 1, 2], [0, 1, 2, 3]], device=DEVICE))
+
 # ----------------------------------------------------------------------------------------------- MAE loss
 def _mae_loss_f64(pred, target, mask, norm_pix_loss, eps):
     if norm_pix_loss:
