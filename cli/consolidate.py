@@ -17,7 +17,10 @@ def run(args) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise SystemExit(f"--out {args.out!r} must end in .safetensors")
-    info = consolidate(args.checkpoint_dir, args.out, tag=args.tag, keep_head=args.keep_head)
+    try:  # verified against its manifest first: a damaged checkpoint is named, never consolidated
+        info = consolidate(args.checkpoint_dir, args.out, tag=args.tag, keep_head=args.keep_head)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"mawstron consolidate: {e}") from None
     print(f"wrote {args.out}: {info['tensors']} tensors, {info['params'] / 1e6:.2f}M parameters "
           f"from {args.checkpoint_dir}/{info['tag']} (step {info['step']})")
     return 0

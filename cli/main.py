@@ -10,6 +10,7 @@ import sys
 SUBCOMMANDS = {
     "models": "models",
     "consolidate": "consolidate",
+    "checkpoints": "checkpoints",
     "plan": "plan",
     "bench": "bench",
     "eval": "evaluate",

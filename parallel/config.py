@@ -54,7 +54,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW.  ``lr = base_lr * global_batch / 256`` (MAE's linear scaling rule) unless ``lr`` is set."""
+    """AdamW.  ``lr = base_lr * global_batch / 256`` (MAE's linear scaling rule) unless ``lr`` is set; an
+    absolute ``lr`` is scaled the same way from ``lr_reference_batch``, the global batch it was set for (0: use it
+    as is)."""
 
     base_lr: float = 1.5e-4
     lr: float = 0.0  # absolute peak learning rate; 0 means use base_lr scaling
@@ -65,6 +67,7 @@ class OptimConfig:
     eps: float = 1e-8
     layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (MAE/BEiT); 1.0 is off
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    lr_reference_batch: int = 0  # global batch that an absolute ``lr`` was tuned for; 0: never rescale ``lr``
 
     def __post_init__(self):
         if self.base_lr < 0 or self.lr < 0 or self.min_lr < 0:
@@ -73,9 +76,14 @@ class OptimConfig:
             raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_reference_batch < 0:
+            raise ConfigError(f"optim.lr_reference_batch must be >= 0, got {self.lr_reference_batch}")
 
     def peak_lr(self, global_batch: int) -> float:
-        return self.lr if self.lr > 0 else self.base_lr * global_batch / 256
+        """The peak lr for ``global_batch`` images per optimizer step (linear scaling, as MAE)."""
+        if self.lr > 0:
+            return self.lr * global_batch / self.lr_reference_batch if self.lr_reference_batch else self.lr
+        return self.base_lr * global_batch / 256
 
 
 @dataclass
@@ -83,7 +91,11 @@ class TrainConfig:
     stage: str = "mae"
     steps: int = 100  # optimizer steps
     micro_batch: int = 8  # images per rank per forward/backward
-    grad_accum: int = 1
+    # images per optimizer step over all ranks (Megatron's convention): the schedule (steps, lr, images seen) then
+    # does not depend on the GPU count; grad_accum = global_batch / (micro_batch x world size).  0: micro_batch x
+    # grad_accum x world size (the global batch follows the GPU count)
+    global_batch: int = 0
+    grad_accum: int = 0  # 0: derived from global_batch (1 without it); set with global_batch, it must agree
     seed: int = 0
     log_every: int = 1
     label_smoothing: float = 0.0  # finetune only
@@ -91,9 +103,38 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ConfigError(f"train.stage={self.stage!r} must be one of {STAGES}")
-        for name in ("steps", "micro_batch", "grad_accum", "log_every"):
+        for name in ("steps", "micro_batch", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.grad_accum < 0 or self.global_batch < 0:
+            raise ConfigError("train.grad_accum and train.global_batch must be >= 0 (0: derived)")
+        if self.global_batch and self.global_batch % self.micro_batch:
+            raise ConfigError(f"train.global_batch={self.global_batch} is not a multiple of train.micro_batch="
+                              f"{self.micro_batch}; set train.micro_batch to a divisor of the global batch")
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on ``world_size`` ranks; ConfigError naming the fix when the global
+        batch does not divide."""
+        if not self.global_batch:
+            return self.grad_accum or 1
+        per_step = self.micro_batch * world_size
+        accum, rest = divmod(self.global_batch, per_step)
+        if rest or not accum:
+            fits = [m for m in range(min(self.micro_batch, self.global_batch // world_size), 0, -1)
+                    if self.global_batch % (m * world_size) == 0]
+            fix = (f"set train.micro_batch={fits[0]} (or fewer)" if fits else
+                   f"use a number of ranks that divides {self.global_batch}")
+            raise ConfigError(
+                f"train.global_batch={self.global_batch} is not a multiple of micro_batch {self.micro_batch} x "
+                f"{world_size} ranks = {per_step}; {fix}, or change train.global_batch")
+        if self.grad_accum and self.grad_accum != accum:
+            raise ConfigError(
+                f"train.grad_accum={self.grad_accum} contradicts train.global_batch={self.global_batch} = micro_batch "
+                f"{self.micro_batch} x {world_size} ranks x {accum}; drop train.grad_accum (set train.grad_accum=0)")
+        return accum
+
+    def global_batch_for(self, world_size: int) -> int:
+        return self.micro_batch * self.grad_accum_for(world_size) * world_size
 
 
 @dataclass
@@ -113,6 +154,9 @@ class ParallelConfig:
     param_persistence_threshold: int = 0  # 0: 10 * width (small params stay gathered)
     max_live_parameters: int = 1_000_000_000
     max_reuse_distance: int = 1_000_000_000
+    # collective timeout: a rank that died or hangs ends the run after this long instead of never.  Long enough
+    # for the first step's compilation, a checkpoint save and a world-size conversion on resume
+    timeout_s: int = 1800
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
@@ -126,6 +170,8 @@ class ParallelConfig:
             raise ConfigError("parallel.offload_params needs parallel.zero_stage=3")
         if self.activation_checkpointing < 0:
             raise ConfigError("parallel.activation_checkpointing must be >= 0 (0 disables, k = every k-th block)")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"parallel.timeout_s must be positive seconds, got {self.timeout_s}")
 
 
 @dataclass

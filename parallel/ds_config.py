@@ -45,8 +45,8 @@ def build_ds_config(cfg: RunConfig, world_size: int, width: int) -> dict:
                 zero[section]["nvme_path"] = p.nvme_path
     ds = {
         "train_micro_batch_size_per_gpu": t.micro_batch,
-        "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": t.micro_batch * t.grad_accum * world_size,
+        "gradient_accumulation_steps": t.grad_accum_for(world_size),
+        "train_batch_size": t.global_batch_for(world_size),
         "zero_optimization": zero,
         "gradient_clipping": cfg.optim.grad_clip,
         "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed quiet

@@ -60,9 +60,28 @@ def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
     lines = [f"[dry run] {cfg.name}: config valid; model built on the meta device, nothing allocated",
              json.dumps(to_dict(cfg), indent=1, default=str), format_plan(p),
              f"  minimum {gpu_mem_gib:g} GiB GPUs for this micro-batch: {minimum if minimum else 'none up to 65536'}"]
+    lines.append(schedule_line(cfg, gpus or _smallest_dividing_world(cfg, minimum or 1)))
     if stage != "mae":
         lines.append("  (WSP head sized for 1000 classes here; the run sizes it from the vocabulary)")
     return "\n".join(lines)
+
+
+def _smallest_dividing_world(cfg: RunConfig, at_least: int) -> int:
+    """The smallest world size >= ``at_least`` that the global batch divides over (``at_least`` if none)."""
+    t = cfg.train
+    if not t.global_batch:
+        return at_least
+    for world in range(at_least, t.global_batch // t.micro_batch + 1):
+        if t.global_batch % (t.micro_batch * world) == 0:
+            return world
+    return at_least
+
+
+def schedule_line(cfg: RunConfig, world_size: int) -> str:
+    """``  schedule on N GPUs: global batch ...``; ConfigError when the global batch does not divide."""
+    from .schedule import format_schedule, schedule
+
+    return f"  schedule on {world_size} GPU{'s' if world_size != 1 else ''}: {format_schedule(schedule(cfg, world_size))}"
 
 
 def _ensure_process_group_env() -> None:
@@ -76,16 +95,21 @@ def _ensure_process_group_env() -> None:
 
 
 def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
-    """Run a recipe: returns the process exit code (0 ok, 2 bad config, 3 diverged)."""
+    """Run a recipe: returns the process exit code (0 ok, 2 bad config, 3 diverged, 75 preempted: a complete
+    checkpoint was saved, rerun with --resume; see ``resilience.EXIT_PREEMPTED``)."""
     args = build_arg_parser().parse_args(argv)
     try:
         cfg = resolve_config(cfg, args)
+        if args.dry_run:
+            print(dry_run_report(cfg, args.gpus, args.gpu_mem_gib), flush=True)
+            return 0
+        # the world size is known before any rank initialises: a global batch that cannot divide ends every
+        # rank here, with the same message, instead of hanging in a collective
+        cfg.train.grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
     except ConfigError as e:
         print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
         return 2
-    if args.dry_run:
-        print(dry_run_report(cfg, args.gpus, args.gpu_mem_gib), flush=True)
-        return 0
+    from .resilience import EXIT_PREEMPTED, Preempted
     from .trainer import Trainer, TrainingDiverged
 
     _ensure_process_group_env()
@@ -94,4 +118,7 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"mawstron: training diverged: {e}", file=sys.stderr, flush=True)
         return 3
+    except Preempted as e:
+        print(f"mawstron: {e}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     return 0

@@ -12,6 +12,8 @@ Sources, and how sure we are of each number:
   (0.9, 0.95), warmup 5%) are our reading of SWAG's recipe and were NOT verified against the MAWS appendix
   from this machine (no copy of it was reachable): check them before a paper-scale run and override with
   ``--set optim.lr=... optim.weight_decay=...``.
+* Global batch: every recipe states ``train.global_batch`` (4096 MAE, 8192 WSP, 1024 fine-tuning); gradient
+  accumulation is derived from it for the GPU count at hand, so steps, lr and images seen do not depend on it.
 * Lengths: MAWS pre-pretrains and pretrains on IG-3B (about 3 billion images); one epoch at global batch 4096
   is about 730k steps.  ``train.steps`` is set per recipe from the data you have; the default below is that
   one-epoch figure and is meant to be overridden.
@@ -39,7 +41,8 @@ def mae_run(name: str, preset: str, micro_batch: int, activation_checkpointing: 
                       norm_pix_loss=True),
         data=DataConfig(source="shards"),
         optim=OptimConfig(base_lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_steps=steps // 20),
-        train=TrainConfig(stage="mae", steps=steps, micro_batch=micro_batch, log_every=50),
+        train=TrainConfig(stage="mae", steps=steps, micro_batch=micro_batch, global_batch=MAE_GLOBAL_BATCH,
+                          log_every=50),
         parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
         checkpoint=CheckpointConfig(every_steps=2000, keep_last=3),
     )
@@ -53,8 +56,10 @@ def wsp_run(name: str, preset: str, micro_batch: int, init_from: str, activation
         name=name,
         model=ModelConfig(preset=preset),
         data=DataConfig(source="shards"),
-        optim=OptimConfig(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), warmup_steps=steps // 20),
-        train=TrainConfig(stage="wsp", steps=steps, micro_batch=micro_batch, log_every=50),
+        optim=OptimConfig(lr=1e-3, lr_reference_batch=WSP_GLOBAL_BATCH, weight_decay=0.1, betas=(0.9, 0.95),
+                          warmup_steps=steps // 20),
+        train=TrainConfig(stage="wsp", steps=steps, micro_batch=micro_batch, global_batch=WSP_GLOBAL_BATCH,
+                          log_every=50),
         parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
         checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
     )
@@ -88,7 +93,8 @@ def finetune_run(name: str, preset: str, micro_batch: int, init_from: str, shard
         data=DataConfig(source="shards", shards=shards),
         optim=OptimConfig(base_lr=base_lr, min_lr=1e-6, weight_decay=0.05, betas=(0.9, 0.999),
                           layer_decay=layer_decay, warmup_steps=5 * steps_per_epoch),
-        train=TrainConfig(stage="finetune", steps=steps, micro_batch=micro_batch, log_every=50, label_smoothing=0.1),
+        train=TrainConfig(stage="finetune", steps=steps, micro_batch=micro_batch, global_batch=FINETUNE_GLOBAL_BATCH,
+                          log_every=50, label_smoothing=0.1),
         parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
         checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
     )

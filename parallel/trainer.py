@@ -6,8 +6,10 @@ What differs between stages is the data (images, or images + multi-hot targets) 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import sys
 import time
 
 import torch
@@ -18,11 +20,15 @@ from mawstron.core.data import build_train_loader
 from mawstron.core.data.shards import SKIP_REASONS
 
 from . import checkpoint as ckpt
+from . import universal
 from .build import build_model
 from .config import RunConfig, to_dict
 from .ds_config import build_ds_config
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .optim import build_optimizer, lr_at, param_groups, set_lr
+from .resilience import Preempted, PreemptionHandler
+from .schedule import format_duration, format_schedule, schedule
+from .status import StatusFile
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -37,12 +43,16 @@ class Trainer:
         self.step = 0  # optimizer steps completed
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cpu")
+        self.resume_tag, self.resume_universal = None, False
+        self.last_checkpoint = None
 
     # ------------------------------------------------------------------------------------------- set-up
     def init_distributed(self) -> None:
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        # a rank that died or hangs ends every other rank's collective after parallel.timeout_s instead of never
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=datetime.timedelta(seconds=self.cfg.parallel.timeout_s))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         if torch.cuda.is_available():
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -62,6 +72,8 @@ class Trainer:
                                          micro_batch=cfg.train.micro_batch, rank=self.rank,
                                          world_size=self.world_size, seed=cfg.train.seed)
         self.ds_config = build_ds_config(cfg, self.world_size, cfg.model.vit_config().embed_dim)
+        if cfg.checkpoint.resume:
+            self.prepare_resume()
         # identical seed on every rank: each rank computes the same full tensor and keeps its shard, so the
         # sharded model equals the single-process initialisation with this seed
         torch.manual_seed(cfg.train.seed)
@@ -71,23 +83,52 @@ class Trainer:
         optimizer = build_optimizer(groups, cfg.optim, use_fused=self.device.type == "cuda")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.dtype = DTYPES[cfg.parallel.precision]
-        self.global_batch = cfg.train.micro_batch * cfg.train.grad_accum * self.world_size
-        self.peak_lr = cfg.optim.peak_lr(self.global_batch)
+        self.schedule = schedule(cfg, self.world_size)
+        self.grad_accum, self.global_batch = self.schedule["grad_accum"], self.schedule["global_batch"]
+        self.peak_lr = self.schedule["peak_lr"]
+        print_rank0(self.rank, f"[mawstron] {cfg.name}: {format_schedule(self.schedule)}")
         self.flops_per_image = training_flops(model.config, "mae" if cfg.train.stage == "mae" else "wsp", cfg.mae)
         self.device_name, self.device_peak = device_peak_tflops(self.device)
         # masks, drop-path and data order must differ between ranks
         torch.manual_seed(cfg.train.seed + 1 + self.rank)
 
-    def resume(self) -> None:
-        """Continue from ``<checkpoint_dir>/latest``: weights, optimizer, step, data position, RNG."""
+    def _verify_collectively(self, tag: str) -> list[str]:
+        """``tag``'s manifest problems, the files checked in parallel (rank r hashes every world-th file)."""
+        manifest = ckpt.read_manifest(self.cfg.checkpoint_dir, tag)
+        if manifest is None:
+            return []
+        names = sorted(manifest["files"])[self.rank::self.world_size]
+        mine = ckpt.verify_files(self.cfg.checkpoint_dir, tag, names=names)
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, mine)
+        return sorted(p for ps in gathered for p in ps)
+
+    def prepare_resume(self) -> None:
+        """Before the engine exists: pick the newest checkpoint that verifies and, when it was written by another
+        number of ranks, convert it with DeepSpeed's universal checkpointing (rank 0, cached) and ask the engine
+        to load universal checkpoints."""
         ckpt_dir = self.cfg.checkpoint_dir
-        tag = ckpt.resolve_tag(ckpt_dir)
-        saved_world = ckpt.read_marker(ckpt_dir, tag)["world_size"]
-        if saved_world != self.world_size:
-            raise RuntimeError(
-                f"{ckpt_dir}/{tag} was written by {saved_world} ranks and this run has {self.world_size}; resume with "
-                f"{saved_world} ranks (ZeRO shards are per rank)"
-            )
+        self.resume_tag = ckpt.newest_verified_tag(ckpt_dir, problems_of=self._verify_collectively,
+                                                   say=lambda line: print_rank0(self.rank, line))
+        saved_world = ckpt.read_marker(ckpt_dir, self.resume_tag)["world_size"]
+        if saved_world == self.world_size:
+            return
+        self.resume_universal = True
+        if self.rank == 0:
+            start = time.perf_counter()
+            path, converted = universal.convert(ckpt_dir, self.resume_tag)
+            how = f"converted in {time.perf_counter() - start:.1f} s" if converted else "cached conversion"
+            print(f"[mawstron] {ckpt_dir}/{self.resume_tag} was written by {saved_world} ranks, this run has "
+                  f"{self.world_size}: loading DeepSpeed's universal checkpoint {path} ({how})", flush=True)
+        dist.barrier()  # the conversion is on disk before any rank loads it
+        self.ds_config["checkpoint"] = {"load_universal": True}
+
+    def resume(self) -> None:
+        """Continue from the checkpoint ``prepare_resume`` chose: weights, optimizer, step, data position, RNG."""
+        ckpt_dir, tag = self.cfg.checkpoint_dir, self.resume_tag
+        if self.resume_universal:
+            self.resume_on_new_world()
+            return
         path, client = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
                                                    load_lr_scheduler_states=False)
         if path is None:
@@ -95,7 +136,28 @@ class Trainer:
         self.step = int(client["step"])
         self.loader.load_state_dict(client["data"])
         ckpt.set_rng_state(client["rng"])
+        self.last_checkpoint = os.path.join(ckpt_dir, tag)
         print_rank0(self.rank, f"[mawstron] resumed from {ckpt_dir}/{tag} at step {self.step}")
+
+    def resume_on_new_world(self) -> None:
+        """Load ``<tag>/universal`` on this world size: weights, Adam moments and step from DeepSpeed; then each
+        group's own hyperparameters (DeepSpeed copies group 0's onto all), the data position for the new split
+        of the data and fresh per-rank RNG streams."""
+        ckpt_dir, tag = self.cfg.checkpoint_dir, self.resume_tag
+        expected = universal.group_settings(self.optimizer.param_groups)
+        path, client = self.engine.load_checkpoint(os.path.join(ckpt_dir, tag), tag=ckpt.UNIVERSAL,
+                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {universal.universal_dir(ckpt_dir, tag)}")
+        restored = universal.restore_group_settings(self.optimizer.param_groups, expected)
+        self.step = int(client["step"])
+        self.loader.load_state_dict(universal.data_state_for_world(client["data"], self.step, self.grad_accum))
+        # the saved RNG streams belong to the old ranks: derive new ones from the seed, the rank and the step
+        ckpt.seed_everything(self.cfg.train.seed + 1 + self.rank + 7919 * self.step)
+        self.last_checkpoint = os.path.join(ckpt_dir, tag)
+        print_rank0(self.rank, f"[mawstron] resumed from {ckpt_dir}/{tag} at step {self.step} on {self.world_size} "
+                               f"ranks (grad accumulation {self.grad_accum}); restored the own settings of "
+                               f"{restored} of {len(expected)} parameter groups that the universal load had overwritten")
 
     # ------------------------------------------------------------------------------------------- steps
     def compute_loss(self, batch: dict) -> torch.Tensor:
@@ -124,7 +186,7 @@ class Trainer:
         lr = lr_at(self.step, cfg.train.steps, self.peak_lr, cfg.optim.warmup_steps, cfg.optim.min_lr)
         set_lr(self.optimizer, lr)
         start, waited, loss_sum = time.perf_counter(), 0.0, 0.0
-        for _ in range(cfg.train.grad_accum):
+        for _ in range(self.grad_accum):
             before = time.perf_counter()
             batch = next(self.batches)
             waited += time.perf_counter() - before
@@ -148,7 +210,7 @@ class Trainer:
         tflops = self.flops_per_image * images_per_s / self.world_size / 1e12
         return {
             "step": self.step,
-            "loss": loss_sum / cfg.train.grad_accum,
+            "loss": loss_sum / self.grad_accum,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "images_per_s": images_per_s,
@@ -201,13 +263,29 @@ class Trainer:
     def save(self) -> None:
         """Crash-safe checkpoint of the current step (see parallel/checkpoint.py)."""
         ckpt_dir, tag = self.cfg.checkpoint_dir, ckpt.tag_for_step(self.step)
+        status = getattr(self, "status", None)
+        if status:
+            status.update(state="saving")
+        start = time.perf_counter()
+        if self.rank == 0 and os.path.isdir(os.path.join(ckpt_dir, tag)):
+            # a checkpoint of this step from an earlier attempt (say one that failed verification) is replaced
+            # whole: stale shards of another world size must not mix with the new ones
+            ckpt.discard(ckpt_dir, tag)
+        dist.barrier()
         client_state = {"step": self.step, "data": self.loader.state_dict(), "rng": ckpt.rng_state()}
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
-        dist.barrier()  # every rank's shards are on disk before the checkpoint is declared complete
+        # each rank checksums its own shards (in parallel); gathering them is also the barrier after which every
+        # rank's files are on disk and the checkpoint can be declared complete
+        digests = [None] * self.world_size
+        dist.all_gather_object(digests, ckpt.rank_file_digests(ckpt_dir, tag, self.rank))
         if self.rank == 0:
             ckpt.finalize(ckpt_dir, tag, self.step, to_dict(self.cfg), self.cfg.checkpoint.keep_last,
-                          world_size=self.world_size)
+                          world_size=self.world_size, digests={k: v for d in digests for k, v in d.items()})
         dist.barrier()
+        self.last_checkpoint = os.path.join(ckpt_dir, tag)
+        self.last_save_s = time.perf_counter() - start
+        if status:
+            status.update(state="running", last_checkpoint=self.last_checkpoint, last_save_s=round(self.last_save_s, 3))
 
     # ------------------------------------------------------------------------------------------- loop
     def train(self) -> None:
@@ -217,30 +295,66 @@ class Trainer:
         self.batches = iter(self.loader)
         every = cfg.checkpoint.every_steps
         reported_partition = False
+        self.status.start_step = self.step
+        self.status.update(state="running", step=self.step, last_checkpoint=self.last_checkpoint)
         try:
-            while self.step < cfg.train.steps:
-                record = self.train_step()
-                if not reported_partition:
-                    self.write_partition_report()
-                    reported_partition = True
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                    record.update(self._data_stats())
-                    metrics.write(record)
-                    print_rank0(self.rank, progress_line(record, cfg.train.steps))
-                if (every and self.step % every == 0) or self.step == cfg.train.steps:
-                    self.save()
+            with PreemptionHandler() as preemption:
+                while self.step < cfg.train.steps:
+                    record = self.train_step()
+                    self.status.step_done(self.step)
+                    if not reported_partition:
+                        self.write_partition_report()
+                        reported_partition = True
+                    if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                        record.update(self._data_stats())
+                        metrics.write(record)
+                        self.log_progress(record)
+                    saved = (every and self.step % every == 0) or self.step == cfg.train.steps
+                    if saved:
+                        self.save()
+                    if preemption.agreed(self.device):
+                        self.stop_on_signal(preemption.signal_name(), saved)
         finally:
             metrics.close()
+        self.status.update(state="done", step=self.step)
         self.write_data_summary()
         print_rank0(self.rank, f"[mawstron] done: {self.step} steps; metrics {metrics.path}; "
                                f"checkpoints {cfg.checkpoint_dir} (latest: {ckpt.tag_for_step(self.step)})")
 
+    def log_progress(self, record: dict) -> None:
+        """The progress line (with elapsed time and ETA) on rank 0's console, and status.json."""
+        eta = self.status.eta_s(self.step)
+        print_rank0(self.rank, progress_line(record, self.cfg.train.steps)
+                    + f" | {format_duration(self.status.elapsed_s())} elapsed, ETA {format_duration(eta)}")
+        self.status.update(step=self.step, last_loss=record["loss"], images_per_s=record["images_per_s"])
+
+    def stop_on_signal(self, signal_name: str, saved: bool) -> None:
+        """Every rank agreed to stop: save this step (unless just saved) and end with ``Preempted``."""
+        if not saved:
+            self.save()
+        self.status.update(state="preempted", step=self.step)
+        raise Preempted(f"stopped on {signal_name} at step {self.step} after saving {self.last_checkpoint}; "
+                        f"continue with --resume")
+
     def run(self) -> None:
-        self.init_distributed()
-        self.build()
-        if self.cfg.checkpoint.resume:
-            self.resume()
+        self.status = StatusFile(self.cfg.run_dir, self.cfg.train.steps, enabled=int(os.environ.get("RANK", "0")) == 0)
         try:
-            self.train()
-        finally:
-            self.loader.close()
+            self.init_distributed()
+            self.build()
+            if self.cfg.checkpoint.resume:
+                self.resume()
+            try:
+                self.train()
+            finally:
+                self.loader.close()
+        except (Preempted, KeyboardInterrupt):
+            raise
+        except BaseException as e:
+            # one line naming the rank, on the console the launcher merges every rank's output into; the
+            # traceback follows and the non-zero exit makes the launcher stop the other ranks
+            if not isinstance(e, TrainingDiverged):  # the launcher prints that one itself
+                print(f"mawstron: rank {self.rank} of {self.world_size} failed at step {self.step}: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr, flush=True)
+            self.status.enabled = True  # whichever rank fails says so
+            self.status.update(state="failed", step=self.step, error=f"rank {self.rank}: {type(e).__name__}: {e}"[:500])
+            raise

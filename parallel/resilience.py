@@ -1,0 +1,56 @@
+"""Preemption: a signal on any rank becomes one agreed stop at a step boundary, then a complete checkpoint.
+
+SLURM and Kubernetes announce the end of an allocation with SIGTERM (SLURM: ``--signal=TERM@120`` or
+``--signal=USR1@120`` sends it ahead of time); the DeepSpeed launcher forwards SIGTERM to its ranks and SIGKILLs
+them about 30 s later.  A rank that saved alone would leave a torn checkpoint, so (as Megatron-LM's
+``dist_signal_handler``) every rank only *records* the signal, and at each step boundary one all-reduce of the
+flags decides for all of them: they save the same step together and exit with ``EXIT_PREEMPTED``.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+import torch.distributed as dist
+
+# sysexits.h EX_TEMPFAIL: "temporary failure, the user is invited to retry": a complete checkpoint of the step
+# reached was saved, rerun the same command with --resume (the deepspeed launcher itself exits 1 after a signal)
+EXIT_PREEMPTED = 75
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after saving a complete checkpoint."""
+
+
+class PreemptionHandler:
+    """Records SIGTERM / SIGUSR1 on this rank; ``agreed()`` tells every rank whether any rank got one."""
+
+    def __init__(self, signals=PREEMPTION_SIGNALS):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _record(self, signum, frame) -> None:
+        self.received = signum
+
+    def __enter__(self) -> PreemptionHandler:
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def agreed(self, device: torch.device) -> bool:
+        """True on every rank if any rank received a signal (one all-reduce; every rank calls it at the same
+        step boundary)."""
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def signal_name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
