@@ -1,4 +1,4 @@
-"""``mawstron data synth|vocab|index``: make a synthetic shard collection, build the hashtag vocabulary, index
+"""``mawstron data synth|vocab|stats|index``: make a synthetic shard collection, build the hashtag vocabulary, index
 shards for DALI (and find bad samples)."""
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ def add_parser(subparsers):
     s.add_argument("--eval-images", type=int, default=500, help="images in each evaluation split (clean labels)")
     s.add_argument("--shard-size", type=int, default=500, help="samples per tar shard")
     s.add_argument("--workers", type=int, default=1, help="processes (the bytes do not depend on it)")
+    s.add_argument("--tail", default="none",
+                   help="none (uniform objects) or zipf:S: shapes, colours, textures and noise tags drawn with "
+                        "P(rank k) ~ k^-S from longer lists (12 shapes, 12 colours), e.g. zipf:1.1")
     s.set_defaults(func=run_synth)
 
     v = sub.add_parser("vocab", help="count hashtags over shards and write the WSP vocabulary")
@@ -29,6 +32,10 @@ def add_parser(subparsers):
     v.add_argument("--synonyms", default="", help="json: variant -> canonical tag (e.g. DIR/synonyms.json)")
     v.add_argument("--out", required=True, help="vocab.json to write")
     v.set_defaults(func=run_vocab)
+
+    from .data_stats import add_parser as add_stats_parser
+
+    add_stats_parser(sub)
 
     i = sub.add_parser("index", help="write DALI index files (wds2idx v1.2) for shards; report bad samples")
     i.add_argument("--shards", required=True)
@@ -44,7 +51,7 @@ def run_synth(args) -> int:
     start = time.perf_counter()
     try:
         m = synthesize(args.out, images=args.images, seed=args.seed, size=args.size, eval_images=args.eval_images,
-                       shard_size=args.shard_size, workers=args.workers)
+                       shard_size=args.shard_size, workers=args.workers, tail=args.tail)
     except ValueError as e:
         print(f"mawstron data synth: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,11 @@ class DataConfig:
     shuffle_buffer: int = 256  # samples in the shuffle buffer (DALI initial_fill); 0 or 1 reads in order
     validate: bool = True  # decode every image once with PIL when indexing a shard (cached); bad ones are skipped
     index_dir: str = ""  # where index files go; "" = beside the shards (falls back to a temp folder if read-only)
+    # WSP re-sampling of long-tailed hashtags (resample.py): none | sqrt | inverse; the power overrides the mode's
+    # (sqrt 0.5, inverse 0); an epoch is a weighted draw with replacement of epoch_size images (0: all of them)
+    resample: str = "none"
+    resample_power: float = -1.0
+    epoch_size: int = 0
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -36,6 +41,10 @@ class DataConfig:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        from .resample import rank_epoch_size, resample_power
+
+        resample_power(self.resample, self.resample_power)
+        rank_epoch_size(self.epoch_size, 1, 1)
 
 
 def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batch: int, rank: int = 0,

@@ -52,6 +52,27 @@ class RankShards:
             (ix.path, s) for ix in self.usable for s in ix.samples][self.sub_rank::self.sub_world]
         return sum(len(ix.samples) for ix in self.usable)
 
+    def resample_draws(self, *, seed: int, world_size: int):
+        """This rank's weighted epoch draws over ``self.samples`` for ``data.resample`` (resample.py), or
+        ``None`` when the stream is not re-sampled (``data.resample=none``, or a stage without hashtags)."""
+        from .resample import EpochDraws, image_weights, rank_epoch_size, resample_power
+
+        power = resample_power(self.cfg.resample, self.cfg.resample_power)
+        if power is None:
+            return None
+        if self.stage != "wsp":
+            raise ValueError(f"data.resample={self.cfg.resample} re-samples by hashtag, which only WSP has; "
+                             f"use data.resample=none for {self.stage}")
+        counts = self.vocab.counts()
+        tag_sets = []
+        for path, s in self.samples:
+            with open(path, "rb") as f:
+                f.seek(s.meta[0])
+                tag_sets.append(self.vocab.indices(parse_meta(f.read(s.meta[1]), s.meta_ext)))
+        weights = image_weights(tag_sets, counts, power)
+        size = rank_epoch_size(self.cfg.epoch_size, len(self.samples), world_size)
+        return EpochDraws(weights, epoch_size=size, seed=seed, rank=self.rank)
+
     def targets(self, metas: list[dict]) -> tuple[torch.Tensor | None, int]:
         """Targets for a batch of metadata dicts and how many images had no known hashtag."""
         if self.stage == "mae":
@@ -88,6 +109,16 @@ class RankShards:
             "no_known_hashtag": no_known_hashtag,
             "shards": [ix.path for ix in self.indexes],
         }
+
+
+def check_resample_state(state: dict, draws) -> None:
+    """A saved data position belongs to one re-sampling draw: resuming it under another would silently change
+    the stream, so say which setting differs."""
+    saved, now = state.get("resample"), draws.fingerprint() if draws is not None else None
+    if saved != now:
+        raise ValueError(f"this checkpoint's data position was saved with re-sampling draw {saved!r}, this run "
+                         f"draws {now!r}: resume with the data.resample, data.resample_power, data.epoch_size, "
+                         f"data.vocab and train.seed it was trained with")
 
 
 def decode_metas(meta_rows: np.ndarray, ext_hint: str | None = None) -> list[dict]:

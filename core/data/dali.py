@@ -9,6 +9,10 @@ normalise (CHW float), fed through ``DALIGenericIterator``.
   splits the samples with ``shard_id=rank, num_shards=world``.
 * The hashtags travel through the pipeline as the raw json/txt bytes (zero-padded per batch) and are mapped to
   multi-hot targets on the host.
+* Re-sampling (``data.resample``, resample.py): the rank's weighted epoch draws, the same as the PyTorch loader's,
+  are written as index files that list each drawn sample as often as it was drawn, one index per (epoch, shard);
+  the reader visits them in order (through the shuffle buffer).  The index covers ``DALI_DRAW_EPOCHS(...)`` epochs
+  and then repeats.
 * Resume: DALI checkpointing (``enable_checkpointing=True``): ``state_dict()`` holds the iterator's checkpoint
   (reader position, shuffle buffer, RNG of every random op) and a rebuilt pipeline started from it yields the
   same batches as the uninterrupted run.
@@ -18,8 +22,35 @@ from __future__ import annotations
 
 import base64
 
-from .common import CROP_RATIO, CROP_SCALE, RankShards, decode_metas
+from .common import CROP_RATIO, CROP_SCALE, RankShards, check_resample_state, decode_metas
 from .loader import IMAGENET_MEAN, IMAGENET_STD
+
+RESAMPLED_DRAWS_PER_INDEX = 16384  # the DALI stream repeats its re-sampled draws after about this many samples
+
+
+def dali_draw_epochs(epoch_size: int) -> int:
+    """Epochs of re-sampled draws written into the DALI indexes before the stream repeats them."""
+    return max(1, min(64, -(-RESAMPLED_DRAWS_PER_INDEX // epoch_size)))
+
+
+def write_resampled_indexes(shards: RankShards, draws, out_dir: str) -> tuple[list[str], list[str]]:
+    """(paths, index_paths) for the reader: per epoch, per shard, the drawn samples in draw order, repeats kept."""
+    from .shards import _index_text, _write_atomic
+
+    paths, index_paths = [], []
+    shard_of = [path for path, _ in shards.samples]
+    order = {path: k for k, path in enumerate(dict.fromkeys(shard_of))}
+    for epoch in range(dali_draw_epochs(draws.epoch_size)):
+        by_shard: dict[str, list] = {}
+        for i in draws.epoch(epoch):
+            path, sample = shards.samples[int(i)]
+            by_shard.setdefault(path, []).append(sample)
+        for path in sorted(by_shard, key=order.get):
+            index_path = f"{out_dir}/e{epoch:03d}-s{order[path]:05d}.idx"
+            _write_atomic(index_path, _index_text(by_shard[path], {}))
+            paths.append(path)
+            index_paths.append(index_path)
+    return paths, index_paths
 
 
 def resolve_device(setting: str) -> str:
@@ -77,6 +108,9 @@ class DaliShardLoader:
         self.threads = max(1, cfg.num_workers)
         self.device = resolve_device(cfg.dali_device)
         self.shuffle_buffer = cfg.shuffle_buffer
+        self.draws = self.shards.resample_draws(seed=seed, world_size=world_size)
+        self._draw_args = dict(seed=seed, world_size=world_size)
+        self.index_dir = cfg.index_dir
         self.batches_served = 0
         self.no_known_hashtag = 0
         self._checkpoint = None
@@ -86,9 +120,17 @@ class DaliShardLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         with_meta = self.stage != "mae"
+        paths, index_paths = [ix.path for ix in self.shards.usable], [ix.index_path for ix in self.shards.usable]
+        shard_id, num_shards = self.shards.sub_rank, self.shards.sub_world
+        if self.draws is not None:  # the draws are over this rank's own samples already
+            from .resample import resample_dir
+
+            out_dir = resample_dir(self.index_dir, f"{sorted(paths)}|{self.draws.fingerprint()}")
+            paths, index_paths = write_resampled_indexes(self.shards, self.draws, out_dir)
+            shard_id, num_shards = 0, 1
         pipe = build_pipeline(
-            paths=[ix.path for ix in self.shards.usable], index_paths=[ix.index_path for ix in self.shards.usable],
-            shard_id=self.shards.sub_rank, num_shards=self.shards.sub_world, stage=self.stage, img_size=self.img_size,
+            paths=paths, index_paths=index_paths,
+            shard_id=shard_id, num_shards=num_shards, stage=self.stage, img_size=self.img_size,
             micro_batch=self.micro_batch, num_threads=self.threads, seed=self.seed, device=self.device,
             shuffle_buffer=self.shuffle_buffer, checkpoint=self._checkpoint, with_meta=with_meta)
         names = ["images", "meta"] if with_meta else ["images"]
@@ -127,18 +169,24 @@ class DaliShardLoader:
                       f"{before - after} sample(s) ({str(error).splitlines()[0][:200]})")
         self._iter, self._checkpoint = None, None
         self.seed += 7919
+        if self.draws is not None:  # the sample list changed: draw over the samples that are left
+            self.draws = self.shards.resample_draws(**self._draw_args)
 
     def state_dict(self) -> dict:
         ckpt = self._iter.checkpoints()[0] if self._iter is not None else self._checkpoint
         if isinstance(ckpt, bytes):  # a serialized protobuf: keep the state JSON-safe
             ckpt = "base64:" + base64.b64encode(ckpt).decode("ascii")
-        return {"loader": "dali", "batches_served": self.batches_served, "no_known_hashtag": self.no_known_hashtag,
-                "dali_checkpoint": ckpt}
+        state = {"loader": "dali", "batches_served": self.batches_served, "no_known_hashtag": self.no_known_hashtag,
+                 "dali_checkpoint": ckpt}
+        if self.draws is not None:
+            state["resample"] = self.draws.fingerprint()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("loader") != "dali":
             raise ValueError(f"this checkpoint's data position was written by the {state.get('loader')} loader; "
                              f"resume with data.loader={state.get('loader')}")
+        check_resample_state(state, self.draws)
         self.batches_served = int(state["batches_served"])
         self.no_known_hashtag = int(state.get("no_known_hashtag", 0))
         ckpt = state.get("dali_checkpoint")

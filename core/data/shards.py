@@ -385,11 +385,22 @@ class Vocab:
         if not isinstance(data, dict) or not data.get("tags"):
             raise ValueError(f"data.vocab={path!r} has no tags; rebuild it with a lower --min-count")
         self.tags = list(data["tags"])
+        self.path, self.tag_counts = path, data.get("counts") or {}
         self.synonyms = {k.lower(): v.lower() for k, v in (data.get("synonyms") or {}).items()}
         self.index = {t: i for i, t in enumerate(self.tags)}
 
     def __len__(self):
         return len(self.tags)
+
+    def counts(self):
+        """Images per tag, in tag order (vocab.json ``counts``): what re-sampling weighs by."""
+        import numpy as np
+
+        missing = [t for t in self.tags if not self.tag_counts.get(t)]
+        if missing:
+            raise ValueError(f"data.vocab={self.path!r} has no image count for {missing[:3]}: re-sampling needs "
+                             f"them; rebuild it with `mawstron data vocab`")
+        return np.array([self.tag_counts[t] for t in self.tags], dtype=np.float64)
 
     def indices(self, meta: dict) -> list[int]:
         return sorted({self.index[c] for c in (canonical(t, self.synonyms) for t in raw_hashtags(meta))

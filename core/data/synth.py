@@ -31,6 +31,18 @@ EVAL_SHAPES = SHAPES[:5]
 EVAL_COLOURS = ("red", "green", "blue")
 CLASSES = [f"{c}_{s}" for s in EVAL_SHAPES for c in EVAL_COLOURS]
 TEXTURES = ("plain", "striped", "dotted")
+# The long-tailed collection (``--tail zipf:S``) draws from longer lists, ordered by rank: the k-th entry (1-based)
+# has probability proportional to k^-S.  The evaluation shapes are spread over the ranks (circle 1st, square 3rd,
+# triangle 5th, star 8th, cross 11th), so the 15 balanced evaluation classes include head and tail classes.
+TAIL_SHAPES = ("circle", "hexagon", "square", "pentagon", "triangle", "diamond", "octagon", "star", "ring",
+               "crescent", "cross", "arrow")
+TAIL_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "cyan", "brown", "white", "grey",
+                "black")
+TAIL_TEXTURES = ("plain", "striped", "dotted", "checked")
+EXTRA_COLOURS = {"pink": (240, 120, 180), "cyan": (40, 200, 215), "brown": (125, 75, 35), "white": (245, 245, 245),
+                 "grey": (128, 128, 128), "black": (15, 15, 15)}
+TAIL_HEAD_SHAPES = ("circle", "square")  # evaluation classes of these shapes are "head" classes
+TAIL_TAIL_SHAPES = ("star", "cross")  # and of these "tail" classes (triangle, in the middle, is neither)
 # variant -> canonical (all lower case; case variants are generated on top)
 SYNONYMS = {
     "crimson": "red", "scarlet": "red", "emerald": "green", "lime": "green", "navy": "blue", "azure": "blue",
@@ -38,6 +50,9 @@ SYNONYMS = {
     "round": "circle", "circles": "circle", "squares": "square", "box": "square", "triangles": "triangle",
     "stars": "star", "plus": "cross", "hex": "hexagon", "stripes": "striped", "stripy": "striped",
     "polkadot": "dotted", "dots": "dotted",
+    # tags that only the long-tailed collection uses
+    "pentagons": "pentagon", "rhombus": "diamond", "octagons": "octagon", "donut": "ring", "moon": "crescent",
+    "arrows": "arrow", "rose": "pink", "turquoise": "cyan", "chocolate": "brown", "gray": "grey", "checkered": "checked",
 }
 _VARIANTS: dict[str, list[str]] = {}
 for _v, _c in SYNONYMS.items():
@@ -59,6 +74,19 @@ def _shape_outline(shape, cx, cy, r, rot):
         return _polygon(cx, cy, r * 1.25, 3, rot - math.pi / 2)
     if shape == "hexagon":
         return _polygon(cx, cy, r * 1.1, 6, rot)
+    if shape == "pentagon":
+        return _polygon(cx, cy, r * 1.15, 5, rot)
+    if shape == "octagon":
+        return _polygon(cx, cy, r * 1.05, 8, rot)
+    if shape == "diamond":
+        c, s = math.cos(rot), math.sin(rot)
+        base = [(0, -1.3 * r), (0.7 * r, 0), (0, 1.3 * r), (-0.7 * r, 0)]
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in base]
+    if shape == "arrow":
+        w, L = r * 0.3, r * 1.2
+        base = [(-L, -w), (0.2 * L, -w), (0.2 * L, -2.2 * w), (L, 0), (0.2 * L, 2.2 * w), (0.2 * L, w), (-L, w)]
+        c, s = math.cos(rot), math.sin(rot)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in base]
     if shape == "star":
         pts = []
         for k in range(10):
@@ -72,10 +100,10 @@ def _shape_outline(shape, cx, cy, r, rot):
                 (-w, -w)]
         c, s = math.cos(rot), math.sin(rot)
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in base]
-    return None  # circle
+    return None  # circle, ring, crescent (drawn from ellipses)
 
 
-def render(rng: np.random.Generator, size: int, shape: str, colour: str):
+def render(rng: np.random.Generator, size: int, shape: str, colour: str, texture_p=None):
     """One image (PIL, RGB) and its true attributes."""
     from PIL import Image, ImageDraw
 
@@ -105,14 +133,22 @@ def render(rng: np.random.Generator, size: int, shape: str, colour: str):
     r = scale * size
     cx, cy = rng.uniform(r * 1.1, size - r * 1.1, 2)
     rot = rng.uniform(0, 2 * math.pi)
-    rgb = np.array(COLOURS[colour]) + rng.integers(-25, 26, 3)
+    rgb = np.array(COLOURS.get(colour) or EXTRA_COLOURS[colour]) + rng.integers(-25, 26, 3)
     fill = tuple(int(v) for v in np.clip(rgb, 0, 255))
-    texture = TEXTURES[int(rng.integers(0, len(TEXTURES)))]
+    if texture_p is None:
+        texture = TEXTURES[int(rng.integers(0, len(TEXTURES)))]
+    else:
+        texture = TAIL_TEXTURES[int(rng.choice(len(TAIL_TEXTURES), p=texture_p))]
     mask = Image.new("L", (size, size), 0)
     mdraw = ImageDraw.Draw(mask)
     outline = _shape_outline(shape, cx, cy, r, rot)
     if outline is None:
         mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        if shape == "ring":
+            mdraw.ellipse([cx - 0.5 * r, cy - 0.5 * r, cx + 0.5 * r, cy + 0.5 * r], fill=0)
+        elif shape == "crescent":
+            dx, dy = 0.55 * r * math.cos(rot), 0.55 * r * math.sin(rot)
+            mdraw.ellipse([cx + dx - r, cy + dy - r, cx + dx + r, cy + dy + r], fill=0)
     else:
         mdraw.polygon(outline, fill=255)
     obj = Image.new("RGB", (size, size), fill)
@@ -123,6 +159,10 @@ def render(rng: np.random.Generator, size: int, shape: str, colour: str):
         if texture == "striped":
             for k in range(-size, 2 * size, step):
                 odraw.line([(k, 0), (k + size, size)], fill=darker, width=max(1, step // 2))
+        elif texture == "checked":
+            for k in range(0, size, step):
+                odraw.line([(k, 0), (k, size)], fill=darker, width=max(1, step // 3))
+                odraw.line([(0, k), (size, k)], fill=darker, width=max(1, step // 3))
         else:
             for yy in range(step // 2, size, step):
                 for xx in range(step // 2, size, step):
@@ -147,9 +187,45 @@ def _variant(rng, tag: str) -> str:
     return tag
 
 
-def noisy_hashtags(rng, attrs: dict) -> list[str]:
+def parse_tail(spec) -> float:
+    """``"none"`` (or 0) -> 0.0, uniform draws; ``"zipf:S"`` -> S > 0, Zipf-like draws with exponent S."""
+    if isinstance(spec, (int, float)):
+        value = float(spec)
+    elif spec in ("", "none", None):
+        value = 0.0
+    elif isinstance(spec, str) and spec.startswith("zipf:"):
+        try:
+            value = float(spec[len("zipf:"):])
+        except ValueError:
+            value = -1.0
+    else:
+        value = -1.0
+    if not 0.0 <= value <= 4.0 or (value == 0.0 and isinstance(spec, str) and spec.startswith("zipf:")):
+        raise ValueError(f"--tail {spec!r}: use none or zipf:S with an exponent S in (0, 4], e.g. zipf:1.1")
+    return value
+
+
+def zipf_probs(n: int, exponent: float) -> np.ndarray:
+    """P(rank k) proportional to k^-exponent, k = 1..n."""
+    p = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    return p / p.sum()
+
+
+def tail_distribution(exponent: float) -> dict:
+    """What the long-tailed collection draws from: each kind's values by rank and their probabilities."""
+    return {kind: {"values": list(values), "probs": [round(float(x), 6) for x in zipf_probs(len(values), exponent)]}
+            for kind, values in (("shape", TAIL_SHAPES), ("colour", TAIL_COLOURS), ("texture", TAIL_TEXTURES),
+                                 ("noise", NOISE_TAGS))}
+
+
+def _draw(rng, values, exponent):
+    return values[int(rng.choice(len(values), p=zipf_probs(len(values), exponent)))]
+
+
+def noisy_hashtags(rng, attrs: dict, tail: float = 0.0) -> list[str]:
     """Web-like hashtags: the true shape/colour tags kept with p=0.75/0.7, texture/size/background less often,
-    a wrong shape or colour tag with p=0.15 each, 0-3 irrelevant tags, synonym and case variants."""
+    a wrong shape or colour tag with p=0.15 each, 0-3 irrelevant tags, synonym and case variants.  With
+    ``tail`` > 0 the wrong and irrelevant tags follow the same Zipf law as the objects."""
     tags = []
     for key, keep in (("shape", 0.75), ("colour", 0.7), ("texture", 0.35), ("size", 0.2), ("background", 0.2)):
         value = attrs[key]
@@ -157,6 +233,15 @@ def noisy_hashtags(rng, attrs: dict) -> list[str]:
             continue
         if rng.random() < keep:
             tags.append(value)
+    if tail:
+        if rng.random() < 0.15:
+            tags.append(_draw(rng, TAIL_SHAPES, tail))
+        if rng.random() < 0.15:
+            tags.append(_draw(rng, TAIL_COLOURS, tail))
+        for _ in range(int(rng.integers(0, 4))):
+            tags.append(_draw(rng, NOISE_TAGS, tail))
+        order = rng.permutation(len(tags))
+        return ["#" + _variant(rng, tags[i]) for i in order]
     if rng.random() < 0.15:
         tags.append(SHAPES[int(rng.integers(0, len(SHAPES)))])
     if rng.random() < 0.15:
@@ -167,23 +252,27 @@ def noisy_hashtags(rng, attrs: dict) -> list[str]:
     return ["#" + _variant(rng, tags[i]) for i in order]
 
 
-def make_sample(seed: int, split: str, index: int, size: int) -> tuple[bytes, dict]:
-    """(JPEG bytes, metadata) of one sample: a function of its arguments only."""
+def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0) -> tuple[bytes, dict]:
+    """(JPEG bytes, metadata) of one sample: a function of its arguments only.  ``tail`` > 0: training objects
+    and attributes are drawn Zipf-like from the longer lists, evaluation labels cycle through the classes."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    if split == "train":
+    texture_p = zipf_probs(len(TAIL_TEXTURES), tail) if tail else None
+    if split == "train" and tail:
+        shape, colour = _draw(rng, TAIL_SHAPES, tail), _draw(rng, TAIL_COLOURS, tail)
+    elif split == "train":
         shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
         colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
     else:
-        label = int(rng.integers(0, len(CLASSES)))
+        label = index % len(CLASSES) if tail else int(rng.integers(0, len(CLASSES)))
         colour, shape = CLASSES[label].split("_")
-    img, attrs = render(rng, size, shape, colour)
+    img, attrs = render(rng, size, shape, colour, texture_p=texture_p)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
     key = f"{index:09d}"
     meta = {"key": key, "status": "success", "url": f"https://synth.example/{split}/{key}.jpg",
             "width": size, "height": size}
     if split == "train":
-        tags = noisy_hashtags(rng, attrs)
+        tags = noisy_hashtags(rng, attrs, tail)
         words = ["look at this", "my new", "found a", "so", "today:"][int(rng.integers(0, 5))]
         meta["caption"] = f"{words} " + " ".join(tags)
         if rng.random() < 0.6:
@@ -201,11 +290,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _write_shard(args) -> tuple[str, int]:
-    path, seed, split, start, stop, size = args
+    path, seed, split, start, stop, size, *rest = args
+    tail = rest[0] if rest else 0.0
     with open(path + ".tmp", "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(start, stop):
-                jpeg, meta = make_sample(seed, split, i, size)
+                jpeg, meta = make_sample(seed, split, i, size, tail)
                 key = meta["key"]
                 _add(tar, f"{key}.jpg", jpeg)
                 if split == "train" and "hashtags" not in meta and i % 2:  # img2dataset's caption-as-txt layout
@@ -217,8 +307,10 @@ def _write_shard(args) -> tuple[str, int]:
 
 
 def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_images: int = 500,
-               shard_size: int = 500, workers: int = 1) -> dict:
-    """Write the collection under ``out``; returns the manifest (also written to ``out/manifest.json``)."""
+               shard_size: int = 500, workers: int = 1, tail="none") -> dict:
+    """Write the collection under ``out``; returns the manifest (also written to ``out/manifest.json``).
+    ``tail``: ``"none"`` (uniform objects, the original collection) or ``"zipf:S"`` (long-tailed)."""
+    exponent = parse_tail(tail)
     if images <= 0 or shard_size <= 0 or eval_images < 0:
         raise ValueError("--images and --shard-size must be positive, --eval-images >= 0")
     if not 16 <= size <= 512:
@@ -232,7 +324,7 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
         for k, start in enumerate(range(0, n, shard_size)):
             name = f"{split}-{k:06d}.tar"
             shards_of[split].append(name)
-            jobs.append((os.path.join(out, name), seed, split, start, min(n, start + shard_size), size))
+            jobs.append((os.path.join(out, name), seed, split, start, min(n, start + shard_size), size, exponent))
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -254,7 +346,17 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
                       "size": ["big", "small"], "background": ["dark", "bright"]},
         "noise_tags": list(NOISE_TAGS),
         "synonyms": "synonyms.json",
+        "tail": {"law": "uniform", "exponent": 0.0},
     }
+    if exponent:
+        manifest["true_tags"].update(shape=list(TAIL_SHAPES), colour=list(TAIL_COLOURS),
+                                     texture=list(TAIL_TEXTURES[1:]))
+        manifest["tail"] = {"law": "zipf", "exponent": exponent, "spec": f"zipf:{exponent:g}",
+                            "rule": "the k-th value of each kind (1-based, listed by rank) is drawn with probability "
+                                    "proportional to k^-exponent; evaluation labels cycle through the classes",
+                            "train": tail_distribution(exponent),
+                            "head_classes": [c for c in CLASSES if c.split("_")[1] in TAIL_HEAD_SHAPES],
+                            "tail_classes": [c for c in CLASSES if c.split("_")[1] in TAIL_TAIL_SHAPES]}
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest

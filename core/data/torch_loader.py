@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .common import CROP_RATIO, CROP_SCALE, RankShards
+from .common import CROP_RATIO, CROP_SCALE, RankShards, check_resample_state
 from .loader import IMAGENET_MEAN, IMAGENET_STD
 from .shards import parse_meta
 
@@ -64,8 +64,9 @@ def train_transform(data: bytes, rng: np.random.Generator, size: int, scale) -> 
 
 
 class _BatchStream(torch.utils.data.IterableDataset):
-    def __init__(self, shards: RankShards, *, img_size, micro_batch, seed, rank, start):
+    def __init__(self, shards: RankShards, *, img_size, micro_batch, seed, rank, start, draws=None):
         self.shards, self.size, self.batch = shards, img_size, micro_batch
+        self.draws = draws  # data.resample: position p is draw p of the weighted epoch draws instead
         self.seed, self.rank, self.start = seed, rank, start
         self.scale = CROP_SCALE[shards.stage]
         self._files: dict[str, object] = {}
@@ -79,6 +80,8 @@ class _BatchStream(torch.utils.data.IterableDataset):
         return f.read(span[1])
 
     def _sample_at(self, n: int, position: int) -> int:
+        if self.draws is not None:
+            return self.draws.sample_at(position)
         epoch = position // n
         perm = self._perms.get(epoch)
         if perm is None:
@@ -125,6 +128,7 @@ class TorchShardLoader:
         self.num_classes = self.shards.num_classes
         self.img_size, self.micro_batch, self.seed, self.rank = img_size, micro_batch, seed, rank
         self.num_workers = cfg.num_workers
+        self.draws = self.shards.resample_draws(seed=seed, world_size=world_size)
         self.batches_served = 0
         self.no_known_hashtag = 0
         self.runtime_skips: Counter = Counter()
@@ -132,7 +136,7 @@ class TorchShardLoader:
 
     def __iter__(self):
         stream = _BatchStream(self.shards, img_size=self.img_size, micro_batch=self.micro_batch, seed=self.seed,
-                              rank=self.rank, start=self.batches_served)
+                              rank=self.rank, start=self.batches_served, draws=self.draws)
         kwargs = {"prefetch_factor": 2, "persistent_workers": False} if self.num_workers else {}
         self._loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers, **kwargs)
         for batch in self._loader:
@@ -142,12 +146,16 @@ class TorchShardLoader:
             yield batch
 
     def state_dict(self) -> dict:
-        return {"loader": "torch", "batches_served": self.batches_served, "no_known_hashtag": self.no_known_hashtag}
+        state = {"loader": "torch", "batches_served": self.batches_served, "no_known_hashtag": self.no_known_hashtag}
+        if self.draws is not None:
+            state["resample"] = self.draws.fingerprint()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("loader", "torch") != "torch":
             raise ValueError(f"this checkpoint's data position was written by the {state.get('loader')} loader; "
                              f"resume with data.loader={state.get('loader')}")
+        check_resample_state(state, self.draws)
         self.batches_served = int(state["batches_served"])
         self.no_known_hashtag = int(state.get("no_known_hashtag", 0))
 
