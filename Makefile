@@ -52,7 +52,7 @@ demo: $(STAMP)
 # The MAWS study in miniature (MAE vs WSP vs MAE -> WSP, linear probe and k-shot): benchmarks/results/study.*
 STUDY_ARGS ?=
 study: $(STAMP)
-	$(BIN)/python benchmarks/study.py $(STUDY_ARGS)
+	$(BIN)/python benchmarks/study.py --results benchmarks/results $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache runs

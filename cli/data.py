@@ -21,6 +21,8 @@ def add_parser(subparsers):
     s.add_argument("--eval-images", type=int, default=500, help="images in each evaluation split (clean labels)")
     s.add_argument("--shard-size", type=int, default=500, help="samples per tar shard")
     s.add_argument("--workers", type=int, default=1, help="processes (the bytes do not depend on it)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the collection in a non-empty --out (its old shards are removed)")
     s.set_defaults(func=run_synth)
 
     v = sub.add_parser("vocab", help="count hashtags over shards and write the WSP vocabulary")
@@ -44,7 +46,8 @@ def run_synth(args) -> int:
     start = time.perf_counter()
     try:
         m = synthesize(args.out, images=args.images, seed=args.seed, size=args.size, eval_images=args.eval_images,
-                       shard_size=args.shard_size, workers=args.workers)
+                       shard_size=args.shard_size, workers=args.workers,
+                       overwrite=args.overwrite)
     except ValueError as e:
         print(f"mawstron data synth: {e}", file=sys.stderr)
         return 2
