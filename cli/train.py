@@ -27,16 +27,16 @@ def add_parser(subparsers):
     p.set_defaults(func=run, pass_unknown=True)
 
 
-def recipe_options_help() -> str:
+def recipe_options_help(parser=None, title: str = "recipe options (passed on to the recipe on every rank)") -> str:
     """The recipe's own flags (``--set``, ``--resume``, ``--overwrite``, ...), passed on to every rank: shown by
     ``mawstron train --help`` too."""
     from mawstron.parallel.launch import build_arg_parser
 
-    text = build_arg_parser().format_help()
+    text = (parser or build_arg_parser()).format_help()
     options = text[text.index("options:") + len("options:"):] if "options:" in text else text
     lines = [line for line in options.splitlines() if not line.strip().startswith("-h, --help")
              and "show this help message" not in line]
-    return "recipe options (passed on to the recipe on every rank):" + "\n".join(lines)
+    return f"{title}:" + "\n".join(lines)
 
 
 def _free_port() -> int:

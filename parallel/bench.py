@@ -47,6 +47,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=("synthetic", "shards"), default="synthetic")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any RunConfig override")
     p.add_argument("--out", default="", help="JSON file (default: runs/benchmarks/throughput-<...>.json)")
+    p.add_argument("--verbose", action="store_true", help="show DeepSpeed INFO lines and third-party warnings")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 
@@ -135,6 +136,9 @@ def run_benchmark(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mawstron bench: config error: {e}", file=sys.stderr, flush=True)
         return 2
+    from .console import quiet_third_party
+
+    quiet_third_party(args.verbose or None)
     _ensure_process_group_env()
     trainer = Trainer(cfg)
     trainer.init_distributed()

@@ -33,6 +33,11 @@ def quiet_third_party(verbose: bool | None = None) -> None:
         warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"deepspeed(\.|$)")
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():  # what DeepSpeed would pick, without its warning that it did
+            os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 def launcher_log_args(verbose: bool | None = None) -> list[str]:
@@ -42,6 +47,11 @@ def launcher_log_args(verbose: bool | None = None) -> list[str]:
 
 @contextlib.contextmanager
 def stdout_to_stderr():
-    """Third-party code that prints progress (DeepSpeed's ZeRO merge) must not mix into a command's JSON on stdout."""
-    with contextlib.redirect_stdout(sys.stderr):
+    """Progress that third-party code prints (DeepSpeed's ZeRO merge, its tqdm bars) must not mix into a
+    command's JSON on stdout: it goes to stderr with --verbose, nowhere otherwise."""
+    if is_verbose():
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
         yield
