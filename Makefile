@@ -36,11 +36,11 @@ DEMO_PRECISION ?= $(shell $(BIN)/python -c "import torch; print('bf16' if torch.
 DEMO_SHARDS := --set parallel.precision=$(DEMO_PRECISION) --set data.source=shards --set 'data.shards=$(DEMO_DATA)/train-*.tar' \
 	--set data.vocab=$(DEMO_DATA)/vocab.json
 demo: $(STAMP)
-	$(BIN)/mawstron data synth --out $(DEMO_DATA) --images 2000 --size 32
+	$(BIN)/mawstron data synth --out $(DEMO_DATA) --images 2000 --size 32 --overwrite
 	$(BIN)/mawstron data vocab --shards '$(DEMO_DATA)/train-*.tar' --min-count 5 \
 		--synonyms $(DEMO_DATA)/synonyms.json --out $(DEMO_DATA)/vocab.json
-	$(BIN)/mawstron train recipes/vit_tiny_mae.py --gpus 2 --set output_dir=$(DEMO_DIR)/mae $(DEMO_SHARDS)
-	$(BIN)/mawstron train recipes/vit_tiny_wsp.py --gpus 2 --set output_dir=$(DEMO_DIR)/wsp $(DEMO_SHARDS) \
+	$(BIN)/mawstron train recipes/vit_tiny_mae.py --gpus 2 --overwrite --set output_dir=$(DEMO_DIR)/mae $(DEMO_SHARDS)
+	$(BIN)/mawstron train recipes/vit_tiny_wsp.py --gpus 2 --overwrite --set output_dir=$(DEMO_DIR)/wsp $(DEMO_SHARDS) \
 		--set checkpoint.init_from=$(DEMO_DIR)/mae/checkpoints
 	$(BIN)/mawstron consolidate $(DEMO_DIR)/wsp/checkpoints --keep-head --out $(DEMO_DIR)/vit_tiny_maws.safetensors
 	@echo "demo done:"
@@ -52,7 +52,7 @@ demo: $(STAMP)
 # The MAWS study in miniature (MAE vs WSP vs MAE -> WSP, linear probe and k-shot): benchmarks/results/study.*
 STUDY_ARGS ?=
 study: $(STAMP)
-	$(BIN)/python benchmarks/study.py $(STUDY_ARGS)
+	$(BIN)/python benchmarks/study.py --results benchmarks/results $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache runs

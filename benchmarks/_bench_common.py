@@ -91,7 +91,8 @@ def max_err(a, b) -> float:
 
 
 def write_json(result: dict, out: str | None, prefix: str) -> str:
-    path = out or os.path.join(REPO, "benchmarks", "results", f"{prefix}-{device_slug()}.json")
+    # ad-hoc runs stay out of the repository; committed results are regenerated with --out benchmarks/results/...
+    path = out or os.path.join(REPO, "runs", "benchmarks", f"{prefix}-{device_slug()}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=2)

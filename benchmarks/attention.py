@@ -1,6 +1,6 @@
 """Attention benchmark: the Triton FlashAttention kernel against SDPA's backends and the unfused PyTorch version.
 
-    python benchmarks/attention.py                       # GPU: every preset shape, bf16, JSON to benchmarks/results/
+    python benchmarks/attention.py                       # GPU: every preset shape, bf16, JSON to runs/benchmarks/
     python benchmarks/attention.py --dtype fp16 --out benchmarks/results/attention-h100-fp16.json
     python benchmarks/attention.py --tiny                # CPU: quick correctness sweep only
 
@@ -145,7 +145,7 @@ def cpu_sweep(tiny: bool):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", help="JSON path (default benchmarks/results/attention-<device>.json)")
+    p.add_argument("--out", help="JSON path (default runs/benchmarks/attention-<device>.json)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--tokens", type=int, default=1 << 20, help="target batch * heads * seq per shape")
     p.add_argument("--reps", type=int, default=30, help="timed runs per measurement (median reported)")

@@ -1,7 +1,7 @@
 """Memory-bound kernel benchmark: LayerNorm, add+LayerNorm, MAE gather / un-shuffle, MAE loss (Triton vs the
 PyTorch reference), reported against the device's measured copy bandwidth.
 
-    python benchmarks/kernels.py                 # GPU: preset shapes, bf16, JSON to benchmarks/results/
+    python benchmarks/kernels.py                 # GPU: preset shapes, bf16, JSON to runs/benchmarks/
     python benchmarks/kernels.py --tiny          # CPU: quick correctness sweep only
 
 Per op and shape: median milliseconds (CUDA events) forward and forward+backward for ``triton`` and
@@ -162,7 +162,7 @@ def _mae_loss_f64(pred, target, mask, norm_pix_loss=True, eps=1e-6):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", help="JSON path (default benchmarks/results/kernels-<device>.json)")
+    p.add_argument("--out", help="JSON path (default runs/benchmarks/kernels-<device>.json)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--tiny", action="store_true", help="CPU mode: a single tiny fp32 shape per op")

@@ -11,7 +11,8 @@ labelled evaluation split) it trains, with the real trainer on two ranks (DeepSp
   (c) MAWS: WSP initialised from (a)'s encoder, with exactly the WSP steps, data and seed of (b),
 
 then evaluates the three encoders' frozen features with a linear probe and 5-shot logistic regression on the
-held-out split (`mawstron.parallel.evaluate`). It writes to ``--results`` (default ``benchmarks/results``):
+held-out split (`mawstron.parallel.evaluate`). It writes to ``--results`` (default ``runs/study/results``;
+``make study`` passes ``benchmarks/results``, regenerating the committed report on purpose):
 
   study.json   every number, the settings, date, device and commit
   study.md     the table, and what it shows, stated from the numbers (whichever way they go)
@@ -44,7 +45,8 @@ RUNS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default=os.path.join(REPO, "runs", "study"), help="data, runs and checkpoints")
-    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results"), help="where the report goes")
+    p.add_argument("--results", default=os.path.join(REPO, "runs", "study", "results"),
+                   help="where the report goes (`make study` regenerates the committed one: --results benchmarks/results)")
     p.add_argument("--images", type=int, default=4000, help="training images in the synthetic collection")
     p.add_argument("--eval-images", type=int, default=1000, help="labelled images in each evaluation split")
     p.add_argument("--size", type=int, default=32, help="image size (the tiny presets are 32 px)")
@@ -96,7 +98,7 @@ def make_data(args, data_dir: str) -> dict:
             shutil.rmtree(data_dir)
     if not os.path.exists(manifest):
         sh([os.path.join(BIN, "mawstron"), "data", "synth", "--out", data_dir, "--images", str(args.images),
-            "--eval-images", str(args.eval_images), "--size", str(args.size), "--seed", str(args.seed)],
+            "--eval-images", str(args.eval_images), "--size", str(args.size), "--seed", str(args.seed), "--overwrite"],
            os.path.join(args.work_dir, "synth.log"))
     if not os.path.exists(vocab):
         cmd = [os.path.join(BIN, "mawstron"), "data", "vocab", "--shards", os.path.join(data_dir, "train-*.tar"),
@@ -114,7 +116,7 @@ def make_data(args, data_dir: str) -> dict:
 def train(args, name: str, recipe: str, overrides: list[str]) -> dict:
     run_dir = os.path.join(args.work_dir, name)
     cmd = [os.path.join(BIN, "mawstron"), "train", os.path.join(REPO, "recipes", recipe), "--gpus", str(args.ranks),
-           "--set", f"output_dir={run_dir}"]
+           "--set", f"output_dir={run_dir}", "--overwrite"]  # the study reruns its own runs from scratch
     for o in overrides:
         cmd += ["--set", o]
     print(f"[study] {RUNS[name]}: training ({recipe})", flush=True)

@@ -17,6 +17,8 @@ def add_parser(subparsers):
     p.add_argument("--pool", choices=("token", "avg"), default="token")
     p.add_argument("--loader", choices=("dali", "torch"), default="dali")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--verbose", dest="verbose_here", action="store_true",
+                   help="show DeepSpeed INFO lines and third-party warnings")
     p.set_defaults(func=run)
 
 
@@ -27,8 +29,23 @@ def run(args) -> int:
     test = args.test_shards or (os.path.join(args.data, "eval-test-*.tar") if args.data else "")
     if not train or not test:
         raise SystemExit("mawstron eval: give --data DIR (from `mawstron data synth`) or --train-shards and --test-shards")
+    import glob
+    import sys
+
+    if args.data and not (args.train_shards and args.test_shards):
+        missing = [p for p in (train, test) if not glob.glob(p)]
+        if missing:
+            print(f"mawstron eval: --data {args.data} holds no {', '.join(os.path.basename(p) for p in missing)}; "
+                  f"give --data the folder `mawstron data synth --out DIR` wrote (e.g. --data runs/demo/data), or "
+                  f"--train-shards and --test-shards", file=sys.stderr)
+            return 2
     shots = tuple(int(s) for s in args.shots.split(",") if s)
-    result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool, loader=args.loader)
+    try:
+        result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
+                          loader=args.loader)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mawstron eval: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
         return 0

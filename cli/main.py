@@ -19,8 +19,20 @@ SUBCOMMANDS = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mawstron")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mawstron", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show DeepSpeed INFO lines and third-party warnings (also after the command)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in dict.fromkeys(SUBCOMMANDS.values()):
         importlib.import_module(f"mawstron.cli.{module}").add_parser(subparsers)
@@ -30,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    from mawstron.parallel.console import quiet_third_party
+
+    verbose = args.verbose or getattr(args, "verbose_here", False) or "--verbose" in unknown
+    quiet_third_party(verbose or None)
     if getattr(args, "pass_unknown", False):  # `mawstron train RECIPE ...`: the rest belongs to the recipe
         return int(args.func(args, unknown) or 0)
     if unknown:

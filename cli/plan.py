@@ -9,7 +9,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("plan", help="per-GPU memory plan for a model on N GPUs (ZeRO-3)")
     p.add_argument("--model", required=True, help="a preset, e.g. vit_6.5b14")
     p.add_argument("--stage", choices=("mae", "wsp", "finetune"), default="mae")
-    p.add_argument("--gpus", type=int, default=0, help="number of GPUs (default: the fewest that fit)")
+    p.add_argument("--gpus", type=int, default=None, help="number of GPUs (default: the fewest that fit)")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0)
     p.add_argument("--micro-batch", type=int, default=32, help="images per GPU per forward/backward")
     p.add_argument("--img-size", type=int, default=0, help="default: the preset's (224)")
@@ -26,7 +26,14 @@ def run(args) -> int:
     from mawstron.parallel.plan import format_plan, min_gpus, plan
 
     if args.model not in PRESETS:
-        raise SystemExit(f"--model {args.model!r} is not a preset; choose one of {sorted(PRESETS)}")
+        raise SystemExit(f"mawstron plan: --model {args.model!r} is not a preset; choose one of {sorted(PRESETS)}")
+    for flag, value, fix in (("--gpus", args.gpus, "omit it for the fewest GPUs that fit"),
+                             ("--micro-batch", args.micro_batch, "images per GPU, e.g. --micro-batch 32"),
+                             ("--gpu-mem-gib", args.gpu_mem_gib, "e.g. --gpu-mem-gib 80")):
+        if value is not None and value <= 0:
+            raise SystemExit(f"mawstron plan: {flag} must be positive, got {value:g}; {fix}")
+    if args.checkpoint_every < 0 or args.img_size < 0 or args.num_classes < 0:
+        raise SystemExit("mawstron plan: --checkpoint-every, --img-size and --num-classes must be >= 0")
     kwargs = dict(checkpoint_every=args.checkpoint_every, num_classes=args.num_classes,
                   offload_optimizer=args.offload_optimizer, offload_params=args.offload_params)
     if args.img_size:

@@ -8,6 +8,7 @@ reported before any rank starts.  Then the DeepSpeed launcher runs the recipe ex
 
 from __future__ import annotations
 
+import argparse
 import os
 import runpy
 import shutil
@@ -17,12 +18,25 @@ import sys
 
 def add_parser(subparsers):
     p = subparsers.add_parser("train", help="validate a recipe's config, then run it under the deepspeed launcher",
-                              description=__doc__)
+                              description=__doc__, epilog=recipe_options_help(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="path to a recipe, e.g. recipes/vit_tiny_mae.py")
     p.add_argument("--gpus", type=int, default=0, help="ranks on this node (default: all GPUs, or 2 CPU ranks)")
     p.add_argument("--hostfile", default="", help="DeepSpeed hostfile for multi-node runs")
     p.add_argument("--master-port", type=int, default=0, help="default: a free port")
     p.set_defaults(func=run, pass_unknown=True)
+
+
+def recipe_options_help(parser=None, title: str = "recipe options (passed on to the recipe on every rank)") -> str:
+    """The recipe's own flags (``--set``, ``--resume``, ``--overwrite``, ...), passed on to every rank: shown by
+    ``mawstron train --help`` too."""
+    from mawstron.parallel.launch import build_arg_parser
+
+    text = (parser or build_arg_parser()).format_help()
+    options = text[text.index("options:") + len("options:"):] if "options:" in text else text
+    lines = [line for line in options.splitlines() if not line.strip().startswith("-h, --help")
+             and "show this help message" not in line]
+    return f"{title}:" + "\n".join(lines)
 
 
 def _free_port() -> int:
@@ -62,9 +76,29 @@ def run(args, recipe_args: list[str]) -> int:
     except ValueError as e:
         print(f"mawstron: data error: {e}", file=sys.stderr)
         return 2
+    from mawstron.parallel.console import launcher_log_args
+    from mawstron.parallel.launch import build_arg_parser
+    from mawstron.parallel.preflight import PreflightError, clear_old_checkpoints, preflight
+
+    recipe_flags = build_arg_parser().parse_args(recipe_args)
+    if recipe_flags.dry_run:  # the recipe's own dry run, in this process: nothing starts
+        from mawstron.parallel.launch import launch
+
+        return launch(cfg, recipe_args)
+    try:
+        preflight(cfg, overwrite=recipe_flags.overwrite)
+    except PreflightError as e:
+        print(f"mawstron: {e}", file=sys.stderr)
+        return 2
+    if recipe_flags.overwrite:
+        removed = clear_old_checkpoints(cfg)
+        if removed:
+            print(f"[mawstron] --overwrite: removed {len(removed)} old checkpoint entries of {cfg.checkpoint_dir}")
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher]
+    cmd = [launcher, *launcher_log_args(recipe_flags.verbose or None)]
     env = dict(os.environ)
+    if recipe_flags.verbose:
+        env["MAWSTRON_VERBOSE"] = "1"
     if args.hostfile:
         cmd += ["--hostfile", args.hostfile]
     if torch.cuda.is_available():

@@ -8,7 +8,19 @@ from .flops import forward_flops, forward_flops_breakdown, training_flops
 from .mae import MAEConfig, MaskedAutoencoder, create_mae, encoder_state_dict, patchify, random_masking, unpatchify
 from .pos_embed import resample_abs_pos_embed, sincos_2d
 from .vit import PRESETS, ViTConfig, VisionTransformer, count_parameters, create_vit, vit_config
-from .weights import LoadReport, adapt_state_dict, check_fit, load_pretrained, normalize_state_dict, read_state_dict
+from .weights import (
+    LoadReport,
+    adapt_state_dict,
+    check_fit,
+    create_vit_from_checkpoint,
+    guess_preset,
+    load_pretrained,
+    normalize_state_dict,
+    read_checkpoint,
+    read_metadata,
+    read_state_dict,
+    register_folder_reader,
+)
 from .wsp import create_wsp, multi_hot, wsp_loss
 
 __all__ = [
@@ -22,17 +34,22 @@ __all__ = [
     "VisionTransformer",
     "count_parameters",
     "create_mae",
+    "create_vit_from_checkpoint",
     "create_vit",
     "create_wsp",
     "encoder_state_dict",
     "forward_flops",
     "forward_flops_breakdown",
+    "guess_preset",
     "load_pretrained",
     "multi_hot",
     "normalize_state_dict",
     "patchify",
     "random_masking",
+    "read_checkpoint",
+    "read_metadata",
     "read_state_dict",
+    "register_folder_reader",
     "resample_abs_pos_embed",
     "sincos_2d",
     "training_flops",

@@ -4,11 +4,19 @@ Accepted: a timm ViT state dict (what the MAWS release is), the MAE repository's
 (encoder-only or with the decoder), MAWS-CLIP checkpoints (``vision_encoder.`` prefix), DeepSpeed/DDP
 ``module.`` prefixes, ``torch.compile``'s ``_orig_mod.``, and ``.safetensors`` files.  Position embeddings are
 resampled when the image size differs (fine-tuning at 518 px from a 224 px checkpoint).
+
+What the project itself writes loads too: a file from ``mawstron consolidate`` carries the preset, the number of
+classes and the hashtag vocabulary in its safetensors header (``read_metadata``), so ``create_vit_from_checkpoint``
+needs nothing else; a ZeRO checkpoint folder (or the run folder holding it) needs DeepSpeed to merge, so its reader
+lives in ``mawstron.parallel`` and registers itself here on import (``register_folder_reader``): ``core`` never
+imports DeepSpeed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,10 +37,66 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)  # known extras removed on purpose (decoder, mismatched head)
     resampled: list[str] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)  # what the file says about itself (preset, stage, ...)
+    num_classes: int | None = None  # of the checkpoint's head, if it has one
+    vocab: list[str] | None = None  # the hashtag (WSP) or class (fine-tuning) names its head outputs
 
     def __str__(self):
         parts = [f"{name}={getattr(self, name)}" for name in ("missing", "unexpected", "dropped", "resampled")]
         return "LoadReport(" + ", ".join(parts) + ")"
+
+
+# a folder reader takes a path and returns (state dict, metadata) if it recognises the folder, else None
+_FOLDER_READERS: list[Callable] = []
+
+
+def register_folder_reader(reader: Callable) -> None:
+    """Let ``load_pretrained`` read folders (``mawstron.parallel`` registers the ZeRO checkpoint reader)."""
+    if reader not in _FOLDER_READERS:
+        _FOLDER_READERS.append(reader)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """A safetensors file's header metadata, with ``num_classes`` as an int and ``model``/``vocab`` decoded from
+    JSON; ``{}`` for other files."""
+    path = os.fspath(path)
+    if not path.endswith(".safetensors") or not os.path.isfile(path):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = dict(f.metadata() or {})
+    return decode_metadata(meta)
+
+
+def decode_metadata(meta: dict) -> dict:
+    """String-valued header metadata -> Python values (the header can only hold strings)."""
+    out = dict(meta)
+    for key in ("model", "vocab"):
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = json.loads(out[key])
+            except ValueError:
+                pass
+    if str(out.get("num_classes", "")).isdigit():
+        out["num_classes"] = int(out["num_classes"])
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, metadata) of a weights file, or of a folder a registered reader recognises."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for reader in _FOLDER_READERS:
+            found = reader(path)
+            if found is not None:
+                state, meta = found
+                return normalize_state_dict(state), decode_metadata(meta)
+        how = ("it holds no checkpoint ('latest' or a complete step_* folder)" if _FOLDER_READERS else
+               "reading a ZeRO checkpoint folder needs DeepSpeed: `import mawstron.parallel` first")
+        raise FileNotFoundError(f"{path!r} is a folder and {how}; or give a weights file, e.g. from "
+                                f"`mawstron consolidate {path} --out FILE.safetensors`")
+    return read_state_dict(path), read_metadata(path)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -112,11 +176,79 @@ def load_pretrained(model: nn.Module, source, strict: bool = True) -> LoadReport
     With ``strict`` any key the model has and the checkpoint lacks, or the reverse, is an error naming them,
     except a head the model adds on top of an encoder checkpoint (fine-tuning / WSP from MAE).
     """
-    sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else normalize_state_dict(source)
-    sd, report = adapt_state_dict(sd, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    if isinstance(source, (str, os.PathLike)):
+        sd, meta = read_checkpoint(source)
+    else:
+        sd, meta = normalize_state_dict(source), {}
+    head = sd.get("head.weight")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    sd, report = adapt_state_dict(sd, shapes)
+    report.metadata = meta
+    report.num_classes = meta.get("num_classes") or (int(head.shape[0]) if head is not None else None)
+    report.vocab = meta.get("vocab")
+    wrong = [k for k, v in sd.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        raise RuntimeError(f"checkpoint does not fit the model: {k} is {list(sd[k].shape)} in the checkpoint and "
+                           f"{list(shapes[k])} in the model ({len(wrong)} tensors differ){_preset_hint(sd, meta)}")
     result = model.load_state_dict(sd, strict=False)
     report.missing = list(result.missing_keys)
     report.unexpected = list(result.unexpected_keys)
     report.loaded = sorted(k for k in sd if k not in report.unexpected)
-    check_fit(report, strict)
+    try:
+        check_fit(report, strict)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}{_preset_hint(sd, meta)}") from None
+    return report
+
+
+def guess_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The preset whose width, depth and patch size match a timm-layout encoder state dict, if any."""
+    from .vit import PRESETS, vit_config
+
+    proj = state_dict.get("patch_embed.proj.weight")
+    if proj is None or proj.dim() != 4:
+        return None
+    blocks = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    width, patch, depth = proj.shape[0], proj.shape[-1], (max(blocks) + 1 if blocks else 0)
+    for name in PRESETS:
+        c = vit_config(name)
+        if (c.embed_dim, c.patch_size, c.depth) == (width, patch, depth):
+            return name
+    return None
+
+
+def _preset_hint(state_dict: dict, meta: dict) -> str:
+    name = meta.get("preset") or guess_preset(state_dict)
+    if name:
+        return f"; the checkpoint holds preset {name!r}: build the model with create_vit({name!r}) (or use " \
+               f"create_vit_from_checkpoint)"
+    return "; no preset has its shapes: build the model with the checkpoint's own sizes"
+
+
+def create_vit_from_checkpoint(path: str | os.PathLike, num_classes: int | None = None, **overrides):
+    """(model, report): the ViT that ``path`` holds, built from its metadata (preset, sizes, head) or, for a
+    plain timm state dict, from the preset its shapes match; weights loaded strictly.  ``report.vocab`` names
+    the head's outputs when the file records them."""
+    from .vit import create_vit
+
+    sd, meta = read_checkpoint(path)
+    model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    preset = meta.get("preset") or guess_preset(sd)
+    if not preset:
+        raise ValueError(f"{os.fspath(path)!r} names no preset and its shapes match none: build the model with "
+                         f"create_vit(...) and call load_pretrained")
+    sizes = {k: model_meta[k] for k in ("img_size", "embed_dim", "depth", "num_heads") if model_meta.get(k)}
+    head = sd.get("head.weight")
+    if num_classes is None:
+        num_classes = meta.get("num_classes") or (int(head.shape[0]) if head is not None else 0)
+    model = create_vit(preset, **{**sizes, "num_classes": num_classes, **overrides})
+    return model, _load_with_meta(model, sd, meta)
+
+
+def _load_with_meta(model: nn.Module, sd: dict, meta: dict) -> LoadReport:
+    report = load_pretrained(model, sd)
+    report.metadata = meta
+    report.num_classes = meta.get("num_classes") or report.num_classes
+    report.vocab = meta.get("vocab")
     return report

@@ -18,6 +18,7 @@ from .config import (
     apply_overrides,
 )
 from .launch import launch
+from . import zero_weights  # noqa: F401,I001  (registers the ZeRO folder reader with core's load_pretrained)
 
 __all__ = [
     "CheckpointConfig",

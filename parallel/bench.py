@@ -28,7 +28,9 @@ import torch
 
 from .config import ConfigError, ModelConfig, RunConfig, apply_overrides
 
-RESULTS_DIR = "benchmarks/results"
+# results of ad-hoc runs stay out of the repository; the committed ones are regenerated on purpose with
+# --out benchmarks/results/<name>.json
+RESULTS_DIR = "runs/benchmarks"
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -44,7 +46,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="every k-th block, 0 off (default: the recipe's)")
     p.add_argument("--data", choices=("synthetic", "shards"), default="synthetic")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any RunConfig override")
-    p.add_argument("--out", default="", help="JSON file (default: benchmarks/results/throughput-<...>.json)")
+    p.add_argument("--out", default="", help="JSON file (default: runs/benchmarks/throughput-<...>.json)")
+    p.add_argument("--verbose", action="store_true", help="show DeepSpeed INFO lines and third-party warnings")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 
@@ -133,6 +136,9 @@ def run_benchmark(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mawstron bench: config error: {e}", file=sys.stderr, flush=True)
         return 2
+    from .console import quiet_third_party
+
+    quiet_third_party(args.verbose or None)
     _ensure_process_group_env()
     trainer = Trainer(cfg)
     trainer.init_distributed()

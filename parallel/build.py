@@ -28,7 +28,8 @@ from mawstron.core import (
 )
 
 from .activation_checkpointing import apply_activation_checkpointing
-from .checkpoint import is_zero_checkpoint_dir, read_zero_checkpoint
+from .checkpoint import read_zero_checkpoint
+from .console import stdout_to_stderr
 from .config import RunConfig
 
 
@@ -51,7 +52,7 @@ def build_model(cfg: RunConfig, num_classes: int | None, ds_config: dict) -> tor
             model = construct(cfg, num_classes)
     else:
         model = construct(cfg, num_classes)
-    if cfg.checkpoint.init_from:
+    if cfg.checkpoint.init_from and not cfg.checkpoint.resume:  # on resume the weights come from the checkpoint
         report = load_encoder(model, cfg.checkpoint.init_from)
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"[mawstron] init_from {cfg.checkpoint.init_from}: loaded {len(report.loaded)} encoder tensors; "
@@ -62,8 +63,12 @@ def build_model(cfg: RunConfig, num_classes: int | None, ds_config: dict) -> tor
 
 def read_checkpoint_weights(source: str) -> dict[str, torch.Tensor]:
     """All weights of an MAE/WSP checkpoint: a ZeRO checkpoint dir or a consolidated file."""
-    if is_zero_checkpoint_dir(source):
-        return read_zero_checkpoint(source)
+    from .preflight import find_checkpoint_dir
+
+    ckpt_dir = find_checkpoint_dir(source)  # a checkpoints/ folder or the run folder holding one
+    if ckpt_dir:
+        with stdout_to_stderr():  # DeepSpeed's merge prints progress; stdout may be a command's JSON
+            return read_zero_checkpoint(ckpt_dir)
     if os.path.isfile(source):
         return read_state_dict(source)
     raise FileNotFoundError(

@@ -289,6 +289,9 @@ def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head:
         "step": str(step),
         "source": os.path.abspath(os.path.join(ckpt_dir, tag)),
     }
+    from .zero_weights import head_metadata
+
+    metadata.update(head_metadata(state, run))  # num_classes and the vocabulary, so loading needs no guess
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, out_path, metadata=metadata)
     return {"tag": tag, "step": step, "tensors": len(state), "params": sum(v.numel() for v in state.values())}

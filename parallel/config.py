@@ -239,7 +239,11 @@ def _convert(value, tp, key: str):
         raise ConfigError(errors[0] if errors else f"{key}: cannot convert {value!r}")
     if origin is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            except yaml.YAMLError:
+                raise ConfigError(f"{key} expects {len(typing.get_args(tp))} values like [0.9,0.95], "
+                                  f"got {value!r}") from None
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key} expects {len(args)} values like [0.9, 0.95], got {value!r}")
@@ -338,6 +342,12 @@ def apply_overrides(cfg: RunConfig, yaml_files: list[str] = (), assignments: lis
                 loaded = yaml.safe_load(f) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
+        except yaml.YAMLError as e:  # one line: where the file is malformed, not the parser's traceback
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"config file {path!r} is not valid YAML{where}: {problem}; fix it or pass the "
+                              f"values with --set key=value") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path!r} must hold a mapping of sections, e.g. 'train: {{steps: 200}}'")
         _deep_update(updates, loaded)

@@ -17,14 +17,15 @@ from mawstron.core.data import DataConfig, build_eval_loader
 from mawstron.core.eval import extract_features, few_shot, linear_probe
 
 from .build import read_checkpoint_weights, split_encoder
-from .checkpoint import is_zero_checkpoint_dir, read_run_config
+from .checkpoint import read_run_config
 from .config import ModelConfig
+from .preflight import find_checkpoint_dir
 
 
 def model_config_of(checkpoint: str) -> ModelConfig:
     """The ``model`` section the checkpoint was trained with."""
-    if is_zero_checkpoint_dir(checkpoint):
-        return ModelConfig(**read_run_config(checkpoint)["model"])
+    if find_checkpoint_dir(checkpoint):  # a checkpoints/ folder or the run folder holding one
+        return ModelConfig(**read_run_config(find_checkpoint_dir(checkpoint))["model"])
     if checkpoint.endswith(".safetensors"):
         from safetensors import safe_open
 

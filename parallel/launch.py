@@ -31,6 +31,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
                    help="YAML file of overrides, applied before --set (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from <checkpoint dir>/latest")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that holds checkpoints (its old checkpoints are removed)")
+    p.add_argument("--verbose", action="store_true", help="show DeepSpeed INFO lines and third-party warnings")
     p.add_argument("--dry-run", action="store_true", help="validate, build on the meta device, print the plan")
     p.add_argument("--gpus", type=int, default=0, help="with --dry-run: plan for this many GPUs (default: the minimum)")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0, help="with --dry-run: memory per GPU")
@@ -109,6 +112,20 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
         return 2
+    from .console import quiet_third_party
+    from .preflight import PreflightError, clear_old_checkpoints, data_notice, preflight
+
+    quiet_third_party(args.verbose or None)
+    try:
+        preflight(cfg, overwrite=args.overwrite)
+    except PreflightError as e:
+        print(f"mawstron: {e}", file=sys.stderr, flush=True)
+        return 2
+    first_rank = os.environ.get("RANK", "0") == "0"
+    if args.overwrite and first_rank:
+        clear_old_checkpoints(cfg)
+    if first_rank and data_notice(cfg):
+        print(data_notice(cfg), flush=True)
     from .resilience import EXIT_PREEMPTED, Preempted
     from .trainer import Trainer, TrainingDiverged
 

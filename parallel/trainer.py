@@ -26,6 +26,7 @@ from .config import RunConfig, to_dict
 from .ds_config import build_ds_config
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .optim import build_optimizer, lr_at, param_groups, set_lr
+from .preflight import divergence_advice
 from .resilience import Preempted, PreemptionHandler
 from .schedule import format_duration, format_schedule, schedule
 from .status import StatusFile
@@ -193,11 +194,8 @@ class Trainer:
             loss = self.compute_loss(batch)
             stats = self._all_finite(loss)
             if stats[1] > 0:
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {self.step + 1} on at least one rank; stopped without saving. "
-                    f"The last good checkpoint is in {cfg.checkpoint_dir} ('latest'). Lower optim.lr / optim.base_lr "
-                    f"or raise optim.warmup_steps, then resume with --resume"
-                )
+                raise TrainingDiverged(f"loss became {loss.item()} at step {self.step + 1} on at least one rank; "
+                                       f"stopped without saving; {divergence_advice(cfg.checkpoint_dir)}")
             loss_sum += stats[0].item() / self.world_size
             self.engine.backward(loss)
             self.engine.step()

@@ -1,7 +1,7 @@
 """Tiny fine-tuning for CPU machines: the tiny MAWS encoder fine-tuned on the labelled split of the embedded data.
 
-    mawstron data synth --out runs/demo/data --images 2000 --size 32
-    deepspeed --num_gpus 2 recipes/vit_tiny_finetune.py --set checkpoint.init_from=runs/demo/wsp/checkpoints
+    make demo                                            # writes runs/demo/data and runs/demo/wsp/checkpoints
+    deepspeed --num_gpus 2 recipes/vit_tiny_finetune.py  # reads both (the defaults below)
 
 The transfer recipe of MAE and MAWS in miniature: layer-wise lr decay 0.75, label smoothing 0.1, AdamW
 (0.9, 0.999), weight decay 0.05, drop path 0.1, on labelled shards (json field ``label``).
@@ -16,7 +16,7 @@ CONFIG = RunConfig(
     data=DataConfig(source="shards", shards="runs/demo/data/eval-train-*.tar"),
     optim=OptimConfig(lr=1e-3, min_lr=1e-6, warmup_steps=10, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.75),
     train=TrainConfig(stage="finetune", steps=100, micro_batch=32, log_every=10, label_smoothing=0.1),
-    checkpoint=CheckpointConfig(every_steps=100, init_from="runs/vit_tiny_wsp/checkpoints"),
+    checkpoint=CheckpointConfig(every_steps=100, init_from="runs/demo/wsp/checkpoints"),
 )
 
 if __name__ == "__main__":

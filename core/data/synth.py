@@ -306,15 +306,32 @@ def _write_shard(args) -> tuple[str, int]:
     return path, stop - start
 
 
+def clear_old_collection(out: str) -> None:
+    """Remove what an earlier ``synthesize`` wrote in ``out`` (shards, their DALI index files, manifest,
+    synonyms, vocabulary), so that ``train-*.tar`` never matches a stale shard; other files stay."""
+    names = ("manifest.json", "synonyms.json", "vocab.json")
+    for name in os.listdir(out):
+        split = name.split("-0")[0]
+        if name in names or (split in SPLITS and ".tar" in name):
+            os.remove(os.path.join(out, name))
+
+
 def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_images: int = 500,
-               shard_size: int = 500, workers: int = 1, tail="none") -> dict:
+               shard_size: int = 500, workers: int = 1, tail="none", overwrite: bool = False) -> dict:
     """Write the collection under ``out``; returns the manifest (also written to ``out/manifest.json``).
-    ``tail``: ``"none"`` (uniform objects, the original collection) or ``"zipf:S"`` (long-tailed)."""
+    ``tail``: ``"none"`` (uniform objects, the original collection) or ``"zipf:S"`` (long-tailed).
+
+    ``out`` must be empty or absent unless ``overwrite``, which first clears the earlier collection there."""
     exponent = parse_tail(tail)
     if images <= 0 or shard_size <= 0 or eval_images < 0:
         raise ValueError("--images and --shard-size must be positive, --eval-images >= 0")
     if not 16 <= size <= 512:
         raise ValueError(f"--size must be in [16, 512], got {size}")
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise ValueError(f"--out {out} is not empty; pass --overwrite to replace the collection there, or "
+                             f"choose an empty folder")
+        clear_old_collection(out)
     os.makedirs(out, exist_ok=True)
     jobs = []
     splits = {"train": images, "eval-train": eval_images, "eval-test": eval_images}
