@@ -23,6 +23,8 @@ from .config import RunConfig, to_dict
 from .ds_config import build_ds_config
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .optim import build_optimizer, lr_at, param_groups, set_lr
+from .periodic_eval import PeriodicEval
+from .regularize import regularize
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -104,11 +106,7 @@ class Trainer:
             loss, _, _ = self.engine(images)
             return loss
         targets = batch["targets"].to(self.device, non_blocking=True)
-        smoothing = self.cfg.train.label_smoothing
-        if smoothing:
-            labelled = targets.sum(1, keepdim=True) > 0
-            targets = torch.where(labelled, targets / targets.sum(1, keepdim=True).clamp_min(1) * (1 - smoothing)
-                                  + smoothing / targets.shape[1], targets)
+        images, targets = regularize(images, targets, self.cfg)  # label smoothing, mixup/cutmix, random erasing
         loss, _ = wsp_loss(self.engine(images), targets)
         return loss
 
@@ -217,6 +215,7 @@ class Trainer:
         self.batches = iter(self.loader)
         every = cfg.checkpoint.every_steps
         reported_partition = False
+        evaluator = PeriodicEval(self)  # weight EMA and evaluation during training
         try:
             while self.step < cfg.train.steps:
                 record = self.train_step()
@@ -227,6 +226,7 @@ class Trainer:
                     record.update(self._data_stats())
                     metrics.write(record)
                     print_rank0(self.rank, progress_line(record, cfg.train.steps))
+                evaluator.after_step(self.step, metrics)
                 if (every and self.step % every == 0) or self.step == cfg.train.steps:
                     self.save()
         finally:
