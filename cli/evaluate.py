@@ -16,6 +16,7 @@ def add_parser(subparsers):
     p.add_argument("--draws", type=int, default=5, help="random draws averaged per k-shot setting")
     p.add_argument("--pool", choices=("token", "avg"), default="token")
     p.add_argument("--loader", choices=("dali", "torch"), default="dali")
+    p.add_argument("--tag", default=None, help="checkpoint step to evaluate, e.g. step_00000400 (default: 'latest')")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=run)
 
@@ -28,7 +29,8 @@ def run(args) -> int:
     if not train or not test:
         raise SystemExit("mawstron eval: give --data DIR (from `mawstron data synth`) or --train-shards and --test-shards")
     shots = tuple(int(s) for s in args.shots.split(",") if s)
-    result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool, loader=args.loader)
+    result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool, loader=args.loader,
+                      tag=args.tag)
     if args.json:
         print(json.dumps(result))
         return 0

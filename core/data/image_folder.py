@@ -176,3 +176,32 @@ class ImageFolderTrainLoader:
 
     def close(self) -> None:
         pass
+
+
+class ImageListLoader:
+    """The images of a folder without class subfolders (or any list of image paths), in name order, label -1:
+    for feature extraction and pictures, where there are no labels."""
+
+    def __init__(self, paths: list[str], *, img_size: int, batch_size: int):
+        if not paths:
+            raise ValueError("no image to read (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
+        self.samples = [(p, -1) for p in paths]
+        self.img_size, self.batch_size, self.num_images = img_size, batch_size, len(paths)
+
+    load_item = ImageFolderEvalLoader.load_item
+    __iter__ = ImageFolderEvalLoader.__iter__
+    __len__ = ImageFolderEvalLoader.__len__
+
+    def items(self) -> list:
+        return list(self.samples)
+
+
+def image_loader(path: str, *, img_size: int, batch_size: int):
+    """An ImageFolder's evaluation loader (labels from class subfolders) or, for a plain folder of images, an
+    unlabelled one; ValueError naming ``path`` when it holds neither."""
+    if is_image_folder(path):
+        return ImageFolderEvalLoader(path, img_size=img_size, batch_size=batch_size)
+    if os.path.isdir(path) and list_images(path):
+        return ImageListLoader(list_images(path), img_size=img_size, batch_size=batch_size)
+    raise ValueError(f"--images {path!r} holds no image: give a folder of images or an ImageFolder "
+                     f"(ROOT/<class>/<image>) with {', '.join(IMAGE_SUFFIXES)} files")
