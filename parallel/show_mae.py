@@ -4,6 +4,7 @@ for ``mawstron show-mae``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import torch
@@ -13,6 +14,20 @@ from mawstron.core.weights import read_state_dict
 
 from .checkpoint import is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 from .config import ModelConfig
+
+
+def _mae_config(values: dict) -> MAEConfig:
+    fields = {f.name for f in dataclasses.fields(MAEConfig)}
+    return MAEConfig(**{k: v for k, v in values.items() if k in fields})
+
+
+def _safetensors_metadata(path: str) -> dict:
+    if not path.endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return f.metadata() or {}
 
 
 def load_mae(checkpoint: str, tag: str | None = None, preset: str = "", norm_pix_loss: bool | None = None):
@@ -25,13 +40,17 @@ def load_mae(checkpoint: str, tag: str | None = None, preset: str = "", norm_pix
             raise ValueError(f"{checkpoint} holds a {run['train']['stage']} run; show-mae needs an MAE run's "
                              f"checkpoints (the decoder draws the reconstruction)")
         model_cfg = ModelConfig(**run["model"])
-        fields = {f.name for f in dataclasses.fields(MAEConfig)}
-        mae_cfg = MAEConfig(**{k: v for k, v in run["mae"].items() if k in fields})
+        mae_cfg = _mae_config(run["mae"])
         state = read_zero_checkpoint(checkpoint, tag)
     elif os.path.isfile(checkpoint):
-        if not preset:
+        meta = _safetensors_metadata(checkpoint)
+        if "model" in meta and not preset:  # written by this project: the settings travel with the weights
+            model_cfg = ModelConfig(**json.loads(meta["model"]))
+            mae_cfg = _mae_config(json.loads(meta.get("mae", "{}")))
+        elif preset:
+            model_cfg, mae_cfg = ModelConfig(preset=preset), MAEConfig()
+        else:
             raise ValueError(f"{checkpoint!r} is a weights file: pass --preset (e.g. vit_l16) to say which encoder")
-        model_cfg, mae_cfg = ModelConfig(preset=preset), MAEConfig()
         state = read_state_dict(checkpoint)
         if not any(k.startswith("decoder_") for k in state):
             raise ValueError(f"{checkpoint!r} has no decoder weights (an encoder-only release or a consolidated "
