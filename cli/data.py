@@ -46,6 +46,15 @@ def add_parser(subparsers):
     i.add_argument("--force", action="store_true", help="rebuild even if a cached index is current")
     i.set_defaults(func=run_index)
 
+    f = sub.add_parser("from-folder", help="convert an ImageFolder, or images with KEY.txt/KEY.json sidecars, "
+                                           "into indexed webdataset shards")
+    f.add_argument("src", help="SRC/<class>/<image> (labelled) or a folder of images with optional sidecars")
+    f.add_argument("--out", required=True, help="output folder (SPLIT-NNNNNN.tar + .idx, manifest.json)")
+    f.add_argument("--split", default="train", help="shard name prefix, e.g. train or val (default: train)")
+    f.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard")
+    f.add_argument("--overwrite", action="store_true", help="replace existing SPLIT-*.tar shards in --out")
+    f.set_defaults(func=run_from_folder)
+
 
 def run_synth(args) -> int:
     from mawstron.core.data.synth import synthesize
@@ -102,4 +111,20 @@ def run_index(args) -> int:
         note = f"  skipped {dict(ix.skipped)}" if ix.skipped else ""
         print(f"{shard}: {len(ix.samples)} samples -> {ix.index_path or '(no index: nothing usable)'}{note}")
     print(f"{len(shards)} shards, {total} usable samples, skipped {sum(bad.values())} {bad}")
+    return 0
+
+
+def run_from_folder(args) -> int:
+    from mawstron.core.data.from_folder import convert_folder
+
+    start = time.perf_counter()
+    try:
+        entry = convert_folder(args.src, args.out, split=args.split, shard_size=args.shard_size,
+                               overwrite=args.overwrite)
+    except ValueError as e:
+        print(f"mawstron data from-folder: {e}", file=sys.stderr)
+        return 2
+    skipped = f", skipped {entry['skipped']}" if entry["skipped"] else ""
+    print(f"wrote {entry['usable']} of {entry['images']} images ({entry['layout']}) in {len(entry['shards'])} "
+          f"shards to {args.out}/{args.split}-*.tar{skipped} in {time.perf_counter() - start:.1f} s")
     return 0

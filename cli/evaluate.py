@@ -16,6 +16,7 @@ def add_parser(subparsers):
     p.add_argument("--draws", type=int, default=5, help="random draws averaged per k-shot setting")
     p.add_argument("--pool", choices=("token", "avg"), default="token")
     p.add_argument("--loader", choices=("dali", "torch"), default="dali")
+    p.add_argument("--tag", default=None, help="checkpoint step to evaluate, e.g. step_00000400 (default: 'latest')")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--verbose", dest="verbose_here", action="store_true",
                    help="show DeepSpeed INFO lines and third-party warnings")
@@ -42,7 +43,7 @@ def run(args) -> int:
     shots = tuple(int(s) for s in args.shots.split(",") if s)
     try:
         result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
-                          loader=args.loader)
+                          loader=args.loader, tag=args.tag)
     except (FileNotFoundError, ValueError) as e:
         print(f"mawstron eval: {e}", file=sys.stderr)
         return 2

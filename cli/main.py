@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     "eval": "evaluate",
     "train": "train",
     "data": "data",
+    "features": "features",
+    "show-mae": "show_mae",
+    "weights": "weights",
 }
 
 

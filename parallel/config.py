@@ -188,6 +188,51 @@ class CheckpointConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """MAE's fine-tuning regularisation (core/augment.py; MAE's FINETUNE.md uses mixup=0.8 cutmix=1.0 reprob=0.25)
+    and an exponential moving average of the weights (parallel/ema.py).  Names follow MAE's main_finetune.py."""
+
+    mixup: float = 0.0  # mixup alpha; 0 disables
+    cutmix: float = 0.0  # cutmix alpha; 0 disables
+    mixup_prob: float = 1.0  # probability that a batch is mixed
+    mixup_switch_prob: float = 0.5  # with both on: probability of cutmix instead of mixup
+    reprob: float = 0.0  # random erasing probability per image
+    ema_decay: float = 0.0  # 0: no EMA; e.g. 0.9999 (DeiT's model_ema)
+
+    def __post_init__(self):
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError("finetune.mixup and finetune.cutmix are Beta alphas: >= 0 (0 disables)")
+        for name in ("mixup_prob", "mixup_switch_prob", "reprob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"finetune.{name} is a probability: in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"finetune.ema_decay must be in [0, 1) (0 disables), got {self.ema_decay}")
+
+    @property
+    def augments(self) -> bool:
+        return bool(self.mixup or self.cutmix or self.reprob)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during training (parallel/periodic_eval.py): fine-tuning reports top-1/top-5 on
+    ``test_shards``; MAE and WSP report k-NN top-1 of frozen features (``train_shards`` as the memory,
+    ``test_shards`` as queries).  Shards or an ImageFolder directory.  Runs every ``every_steps`` and at the end
+    when ``test_shards`` is set."""
+
+    every_steps: int = 0  # 0: only at the end
+    train_shards: str = ""  # labelled split the k-NN monitor memorises (MAE / WSP)
+    test_shards: str = ""  # held-out labelled split; "" disables evaluation during training
+    batch_size: int = 64  # per rank
+    max_images: int = 1000  # per split; 0: all (keep it small: every rank waits for the evaluation)
+    knn_k: int = 20
+
+    def __post_init__(self):
+        if self.every_steps < 0 or self.batch_size <= 0 or self.max_images < 0 or self.knn_k <= 0:
+            raise ConfigError("eval.every_steps and eval.max_images must be >= 0, eval.batch_size and eval.knn_k > 0")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = ""  # "" means runs/<name> (see run_dir)
@@ -198,8 +243,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
+        if self.finetune.augments and self.train.stage != "finetune":
+            raise ConfigError("finetune.mixup / cutmix / reprob apply to train.stage=finetune only")
+        if self.eval.test_shards and self.train.stage != "finetune" and not self.eval.train_shards:
+            raise ConfigError("the k-NN monitor of MAE / WSP needs eval.train_shards (its memory) as well as "
+                              "eval.test_shards, e.g. DIR/eval-train-*.tar and DIR/eval-test-*.tar")
         if self.checkpoint.init_from and self.train.stage == "mae":
             raise ConfigError("checkpoint.init_from loads an encoder into a WSP or fine-tuning run, not into MAE")
         try:

@@ -17,15 +17,16 @@ from mawstron.core.data import DataConfig, build_eval_loader
 from mawstron.core.eval import extract_features, few_shot, linear_probe
 
 from .build import read_checkpoint_weights, split_encoder
-from .checkpoint import read_run_config
+from .checkpoint import complete_tags, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint, tag_for_step
 from .config import ModelConfig
 from .preflight import find_checkpoint_dir
 
 
-def model_config_of(checkpoint: str) -> ModelConfig:
+def model_config_of(checkpoint: str, tag: str | None = None) -> ModelConfig:
     """The ``model`` section the checkpoint was trained with."""
-    if find_checkpoint_dir(checkpoint):  # a checkpoints/ folder or the run folder holding one
-        return ModelConfig(**read_run_config(find_checkpoint_dir(checkpoint))["model"])
+    ckpt_dir = find_checkpoint_dir(checkpoint)  # a checkpoints/ folder or the run folder holding one
+    if ckpt_dir:
+        return ModelConfig(**read_run_config(ckpt_dir, tag)["model"])
     if checkpoint.endswith(".safetensors"):
         from safetensors import safe_open
 
@@ -39,21 +40,43 @@ def model_config_of(checkpoint: str) -> ModelConfig:
     )
 
 
-def load_encoder_from_checkpoint(checkpoint: str) -> torch.nn.Module:
-    """The checkpoint's encoder as a plain ``core`` ViT (no head), weights loaded strictly, in eval mode."""
+def checkpoint_tag(checkpoint: str, tag: str | None) -> str | None:
+    """``tag`` checked against the checkpoint folder: a tag name (``step_00000400``) or a step number (``400``);
+    ValueError listing the complete tags when it is not one of them."""
+    if not tag:
+        return None
+    if not is_zero_checkpoint_dir(checkpoint):
+        raise ValueError(f"--tag picks a step of a run's checkpoints/ folder; {checkpoint!r} is not one")
+    if tag.isdigit():
+        tag = tag_for_step(int(tag))
+    done = complete_tags(checkpoint)
+    if tag not in done:
+        raise ValueError(f"--tag {tag}: no complete checkpoint of that name in {checkpoint}; complete tags: "
+                         f"{', '.join(done) or 'none'}")
+    return tag
+
+
+def load_encoder_from_checkpoint(checkpoint: str, tag: str | None = None) -> torch.nn.Module:
+    """The checkpoint's encoder as a plain ``core`` ViT (no head), weights loaded strictly, in eval mode.
+    ``tag`` picks a step of a ZeRO checkpoint folder (``step_00000400``; default: the one ``latest`` names)."""
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    model_cfg = model_config_of(checkpoint)
+    checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
+    tag = checkpoint_tag(checkpoint, tag)
+    model_cfg = model_config_of(checkpoint, tag)
     model = create_vit(model_cfg.preset, **model_cfg.vit_overrides())
-    encoder, _ = split_encoder(read_checkpoint_weights(checkpoint))
+    weights = read_zero_checkpoint(checkpoint, tag) if tag else read_checkpoint_weights(checkpoint)
+    encoder, _ = split_encoder(weights)
     load_pretrained(model, encoder)
     return model.eval()
 
 
 def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 5, 10), draws: int = 5,
-             pool: str = "token", loader: str = "dali", batch_size: int = 128, seed: int = 0) -> dict:
-    """Linear probe and k-shot accuracy of ``checkpoint``'s frozen features on labelled shards."""
-    model = load_encoder_from_checkpoint(checkpoint)
+             pool: str = "token", loader: str = "dali", batch_size: int = 128, seed: int = 0,
+             tag: str | None = None) -> dict:
+    """Linear probe and k-shot accuracy of ``checkpoint``'s frozen features on labelled shards (or ImageFolder
+    directories)."""
+    model = load_encoder_from_checkpoint(checkpoint, tag)
     data = DataConfig(source="shards", loader=loader)
     img = model.config.img_size
     train_x, train_y = extract_features(model, build_eval_loader(data, img_size=img, batch_size=batch_size,
@@ -63,6 +86,7 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
     probe = linear_probe(train_x, train_y, test_x, test_y, seed=seed)
     result = {
         "checkpoint": checkpoint,
+        "tag": tag,
         "pool": pool,
         "train_images": len(train_y),
         "test_images": len(test_y),

@@ -26,7 +26,9 @@ from .config import RunConfig, to_dict
 from .ds_config import build_ds_config
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .optim import build_optimizer, lr_at, param_groups, set_lr
+from .periodic_eval import PeriodicEval
 from .preflight import divergence_advice
+from .regularize import regularize
 from .resilience import Preempted, PreemptionHandler
 from .schedule import format_duration, format_schedule, schedule
 from .status import StatusFile
@@ -167,11 +169,7 @@ class Trainer:
             loss, _, _ = self.engine(images)
             return loss
         targets = batch["targets"].to(self.device, non_blocking=True)
-        smoothing = self.cfg.train.label_smoothing
-        if smoothing:
-            labelled = targets.sum(1, keepdim=True) > 0
-            targets = torch.where(labelled, targets / targets.sum(1, keepdim=True).clamp_min(1) * (1 - smoothing)
-                                  + smoothing / targets.shape[1], targets)
+        images, targets = regularize(images, targets, self.cfg)  # label smoothing, mixup/cutmix, random erasing
         loss, _ = wsp_loss(self.engine(images), targets)
         return loss
 
@@ -295,6 +293,7 @@ class Trainer:
         reported_partition = False
         self.status.start_step = self.step
         self.status.update(state="running", step=self.step, last_checkpoint=self.last_checkpoint)
+        evaluator = PeriodicEval(self)  # weight EMA and evaluation during training
         try:
             with PreemptionHandler() as preemption:
                 while self.step < cfg.train.steps:
@@ -307,6 +306,7 @@ class Trainer:
                         record.update(self._data_stats())
                         metrics.write(record)
                         self.log_progress(record)
+                    evaluator.after_step(self.step, metrics)
                     saved = (every and self.step % every == 0) or self.step == cfg.train.steps
                     if saved:
                         self.save()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .loader import IMAGENET_MEAN, IMAGENET_STD, SyntheticLoader
 
-SOURCES = ("synthetic", "shards")
+SOURCES = ("synthetic", "shards", "folder")  # folder: an ImageFolder at data.shards (fine-tuning)
 LOADERS = ("dali", "torch")
 DALI_DEVICES = ("auto", "cpu", "mixed")
 
@@ -58,6 +58,10 @@ def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batc
                                seed=seed, with_targets=stage == "wsp")
     kwargs = dict(stage=stage, img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
                   seed=seed)
+    if cfg.source == "folder":
+        from .image_folder import ImageFolderTrainLoader
+
+        return ImageFolderTrainLoader(cfg.shards, num_workers=cfg.num_workers, **kwargs)
     if cfg.loader == "dali":
         from .dali import DaliShardLoader
 
@@ -70,6 +74,11 @@ def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batc
 def check_data(cfg: DataConfig, stage: str) -> None:
     """Fail fast (ValueError with the fix) when the shards or the vocabulary named by ``cfg`` do not exist:
     called by ``mawstron train`` before any rank starts."""
+    if cfg.source == "folder":
+        from .image_folder import scan_image_folder
+
+        scan_image_folder(cfg.shards)
+        return
     if cfg.source != "shards":
         return
     from .shards import Vocab, expand_shards
@@ -80,7 +89,12 @@ def check_data(cfg: DataConfig, stage: str) -> None:
 
 
 def build_eval_loader(cfg: DataConfig, *, img_size: int, batch_size: int, shards: str):
-    """A finite, ordered pass over every usable labelled image of ``shards`` (see eval_loader.py)."""
+    """A finite, ordered pass over every usable labelled image of ``shards`` (see eval_loader.py), or of an
+    ImageFolder directory (image_folder.py)."""
+    from .image_folder import ImageFolderEvalLoader, is_image_folder
+
+    if is_image_folder(shards):
+        return ImageFolderEvalLoader(shards, img_size=img_size, batch_size=batch_size)
     from .eval_loader import EvalLoader
 
     return EvalLoader(cfg, img_size=img_size, batch_size=batch_size, shards=shards)

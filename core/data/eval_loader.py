@@ -46,6 +46,20 @@ class EvalLoader:
     def __len__(self):
         return -(-self.num_images // self.batch_size)
 
+    def items(self) -> list:
+        """Every usable sample as ``(shard path, Sample)``, in order (for callers that split the work)."""
+        return [(ix.path, s) for ix in self.indexes for s in ix.samples]
+
+    def load_item(self, item) -> tuple[torch.Tensor, int]:
+        path, s = item
+        with open(path, "rb") as f:
+            f.seek(s.meta[0])
+            label = parse_meta(f.read(s.meta[1]), s.meta_ext).get("label")
+            if not isinstance(label, int):
+                raise ValueError(f"{path}: sample {s.key} has no json 'label'; evaluation needs labelled shards")
+            f.seek(s.image[0])
+            return eval_transform(f.read(s.image[1]), self.img_size), label
+
     def __iter__(self):
         images, labels = [], []
         for ix in self.indexes:

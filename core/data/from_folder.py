@@ -1,0 +1,138 @@
+"""``mawstron data from-folder``: images people already have -> webdataset shards with index files.
+
+Two layouts:
+
+* an ImageFolder (``SRC/<class name>/<image>``): each sample gets ``{"label": i, "class_name": ...}``, labels
+  numbered by sorted class name as torchvision does; fine-tuning and ``mawstron eval`` read these shards;
+* a flat folder of images with optional sidecars, img2dataset style: ``KEY.txt`` (a caption whose ``#tags`` WSP
+  uses) or ``KEY.json`` (any metadata, e.g. ``{"hashtags": [...]}`` or ``{"caption": ...}``); an image without a
+  sidecar is kept with no tags (WSP counts it as ``no_known_hashtag``, MAE uses it).
+
+JPEGs are copied byte for byte; other formats are re-encoded as JPEG (quality 95), since both loaders decode
+JPEG.  Keys are sequential (``000000042``) and each sample's json records its source path.  Every shard is
+indexed (validated with PIL: a file that does not decode is left out and counted).  ``manifest.json`` in the
+output records each split; converting a second split of an ImageFolder (``--split val``) into the same folder
+reuses the first split's class numbering, so train and val labels agree.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+
+from .image_folder import IMAGE_SUFFIXES, is_image_folder, list_images, scan_image_folder
+from .shards import build_index
+from .synth import _add as add_member
+
+MANIFEST = "manifest.json"
+
+
+def _jpeg_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.lower().endswith((".jpg", ".jpeg")):
+        return data
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=95)
+        return buf.getvalue()
+
+
+def _sidecar_meta(image_path: str) -> dict:
+    stem = os.path.splitext(image_path)[0]
+    meta: dict = {}
+    if os.path.isfile(stem + ".json"):
+        with open(stem + ".json") as f:
+            try:
+                loaded = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{stem}.json is not valid JSON ({e}); fix or remove it") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{stem}.json must hold an object such as {{\"hashtags\": [\"cat\"]}}")
+        meta.update(loaded)
+    if os.path.isfile(stem + ".txt") and "caption" not in meta:
+        with open(stem + ".txt", encoding="utf-8", errors="replace") as f:
+            meta["caption"] = f.read().strip()
+    return meta
+
+
+def _samples(src: str, manifest: dict) -> tuple[list[tuple[str, dict]], dict]:
+    """[(image path, metadata)] and what the manifest records about the layout."""
+    if is_image_folder(src):
+        classes, found = scan_image_folder(src)
+        known = manifest.get("classes")
+        if known:
+            unknown = sorted(set(classes) - set(known))
+            if unknown:
+                raise ValueError(f"{src} has classes {unknown[:5]} that the existing {MANIFEST} does not list; "
+                                 f"convert it into another --out folder")
+            classes = list(known)
+        index = {name: i for i, name in enumerate(classes)}
+        samples = [(path, {"label": index[os.path.basename(os.path.dirname(path))],
+                           "class_name": os.path.basename(os.path.dirname(path))}) for path, _ in found]
+        return samples, {"layout": "imagefolder", "classes": classes, "num_classes": len(classes)}
+    paths = list_images(src) if os.path.isdir(src) else []
+    if not paths:
+        raise ValueError(f"{src!r} holds no image: give an ImageFolder (SRC/<class>/<image>) or a folder of images "
+                         f"({', '.join(IMAGE_SUFFIXES)}) with optional KEY.txt / KEY.json sidecars")
+    return [(p, _sidecar_meta(p)) for p in paths], {"layout": "images+sidecars"}
+
+
+def convert_folder(src: str, out: str, *, split: str = "train", shard_size: int = 1000, overwrite: bool = False,
+                   validate: bool = True) -> dict:
+    """Write ``out/<split>-NNNNNN.tar`` and their indexes; returns this split's manifest entry."""
+    if shard_size <= 0:
+        raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    if not split or "/" in split or "*" in split:
+        raise ValueError(f"--split {split!r} must be a plain name such as train or val")
+    old = sorted(glob.glob(os.path.join(out, f"{split}-*.tar")))
+    if old and not overwrite:
+        raise ValueError(f"{out} already holds {len(old)} {split}-*.tar shards; pass --overwrite to replace them "
+                         f"or choose another --out / --split")
+    manifest_path = os.path.join(out, MANIFEST)
+    manifest = {}
+    if os.path.isfile(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    samples, layout = _samples(src, manifest)
+    os.makedirs(out, exist_ok=True)
+    for path in old:
+        for stale in (path, path + ".idx", path + ".idx.json"):
+            if os.path.exists(stale):
+                os.remove(stale)
+    shards = []
+    for k, start in enumerate(range(0, len(samples), shard_size)):
+        name = f"{split}-{k:06d}.tar"
+        path = os.path.join(out, name)
+        with open(path + ".tmp", "wb") as raw, tarfile.open(fileobj=raw, mode="w",
+                                                             format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(start, min(start + shard_size, len(samples))):
+                image_path, meta = samples[i]
+                key = f"{i:09d}"
+                record = {"key": key, "source": os.path.relpath(image_path, src), **meta}
+                add_member(tar, f"{key}.jpg", _jpeg_bytes(image_path))
+                add_member(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode())
+        os.replace(path + ".tmp", path)
+        shards.append(name)
+    usable, skipped = 0, {}
+    for name in shards:
+        ix = build_index(os.path.join(out, name), validate=validate, force=True)
+        usable += len(ix.samples)
+        for reason, n in ix.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    entry = {"source": os.path.abspath(src), "images": len(samples), "usable": usable, "skipped": skipped,
+             "shards": shards, **{k: v for k, v in layout.items() if k not in ("classes", "num_classes")}}
+    manifest.setdefault("format", "webdataset (KEY.jpg + KEY.json), written by `mawstron data from-folder`")
+    manifest.setdefault("splits", {})[split] = entry
+    if "classes" in layout:
+        manifest["classes"], manifest["num_classes"] = layout["classes"], layout["num_classes"]
+    tmp = manifest_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, manifest_path)
+    return entry

@@ -1,0 +1,125 @@
+"""MAE's fine-tuning regularisation (mixup, cutmix, random erasing, label smoothing), the weight EMA, and the
+evaluation arithmetic used during training."""
+
+import math
+
+import pytest
+import torch
+
+from mawstron.core.augment import MixupConfig, cutmix_box, mix_batch, random_erasing, smooth_targets
+from mawstron.parallel.config import ConfigError, RunConfig, apply_overrides
+from mawstron.parallel.ema import WeightEMA
+from mawstron.parallel.periodic_eval import knn_top1, topk_correct
+from mawstron.parallel.regularize import regularize
+
+
+def one_hot(labels, n):
+    return torch.nn.functional.one_hot(torch.tensor(labels), n).float()
+
+
+def test_label_smoothing_composes_with_mixup_soft_targets():
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 8, 8)
+    targets = one_hot([0, 1, 2, 3], 5)
+    cfg = MixupConfig(mixup_alpha=0.8, label_smoothing=0.1)
+    mixed, soft, info = mix_batch(images, targets, cfg)
+    lam = info["lam"]
+    assert info["mix"] == "mixup" and 0 < lam < 1
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.flip(0))
+    smoothed = smooth_targets(targets, 0.1)
+    assert smoothed[0, 0].item() == pytest.approx(0.9 + 0.1 / 5) and smoothed[0, 1].item() == pytest.approx(0.02)
+    torch.testing.assert_close(soft, lam * smoothed + (1 - lam) * smoothed.flip(0))
+    torch.testing.assert_close(soft.sum(1), torch.ones(4))  # still distributions: the loss stays a cross-entropy
+    # image 0 is mixed with image 3: its target has weight lam on class 0 and 1 - lam on class 3, smoothed
+    assert soft[0, 0].item() == pytest.approx(lam * 0.92 + (1 - lam) * 0.02)
+    assert soft[0, 3].item() == pytest.approx(lam * 0.02 + (1 - lam) * 0.92)
+
+
+def test_cutmix_pastes_a_box_and_weights_targets_by_its_area():
+    torch.manual_seed(3)
+    images = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(4)])
+    targets = one_hot([0, 1, 2, 3], 4)
+    out, soft, info = mix_batch(images, targets, MixupConfig(cutmix_alpha=1.0))
+    assert info["mix"] == "cutmix"
+    pasted = (out[0, 0] == 3.0).float().mean().item()  # image 0 receives pixels of image 3 (the flipped batch)
+    assert pasted == pytest.approx(1 - info["lam"]) and 0 < pasted < 1
+    assert soft[0, 0].item() == pytest.approx(info["lam"]) and soft[0, 3].item() == pytest.approx(1 - info["lam"])
+    assert torch.equal(images[0], torch.zeros(3, 16, 16))  # inputs untouched
+    top, bottom, left, right = cutmix_box(16, 16, 0.0)
+    assert 0 <= top < bottom <= 16 and 0 <= left < right <= 16
+
+
+def test_mixup_switch_and_prob():
+    torch.manual_seed(0)
+    cfg = MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
+    kinds = [mix_batch(torch.randn(4, 3, 8, 8), one_hot([0, 1, 2, 3], 4), cfg)[2]["mix"] for _ in range(200)]
+    assert 60 < kinds.count("cutmix") < 140 and kinds.count("cutmix") + kinds.count("mixup") == 200
+    off = MixupConfig(mixup_alpha=0.8, mixup_prob=0.0, label_smoothing=0.1)
+    images = torch.randn(2, 3, 4, 4)
+    out, soft, info = mix_batch(images, one_hot([0, 1], 2), off)
+    assert info["mix"] == "none" and out is images and soft[0, 0].item() == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="alphas"):
+        MixupConfig(mixup_alpha=-1)
+
+
+def test_random_erasing_fills_one_rectangle_with_noise():
+    torch.manual_seed(0)
+    images = torch.zeros(64, 3, 32, 32)
+    out = random_erasing(images, prob=0.25)
+    erased = (out != 0).flatten(1).any(1)
+    assert 4 < int(erased.sum()) < 30  # about a quarter of the images
+    assert torch.equal(images, torch.zeros_like(images))
+    i = int(torch.nonzero(erased)[0])
+    rows, cols = torch.nonzero((out[i] != 0).any(0), as_tuple=True)
+    area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert 0.02 * 1024 * 0.5 <= area <= 1024 / 3 * 1.5  # one box of 2%-33% of the image (rounding aside)
+    assert random_erasing(images, prob=0.0) is images
+
+
+def test_regularize_follows_the_run_config():
+    cfg = apply_overrides(RunConfig(), assignments=["train.stage=finetune", "train.label_smoothing=0.1",
+                                                    "finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.reprob=0.25"])
+    torch.manual_seed(1)
+    images, targets = regularize(torch.randn(8, 3, 8, 8), one_hot(list(range(8)), 10), cfg)
+    assert targets.shape == (8, 10) and (targets > 0).all()  # smoothed and mixed
+    torch.testing.assert_close(targets.sum(1), torch.ones(8))
+    with pytest.raises(ConfigError, match="finetune only"):
+        apply_overrides(RunConfig(), assignments=["finetune.mixup=0.8"])  # an MAE run
+    with pytest.raises(ConfigError, match="ema_decay"):
+        apply_overrides(RunConfig(), assignments=["finetune.ema_decay=1.0"])
+    with pytest.raises(ConfigError, match="eval.train_shards"):
+        apply_overrides(RunConfig(), assignments=["eval.test_shards=x"])
+
+
+def test_weight_ema_averages_and_swaps_in():
+    model = torch.nn.Linear(3, 2)
+    ema = WeightEMA(model, decay=0.5)
+    history = []
+    for step in range(3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        history.append(model.weight.detach().clone())
+        ema.update()
+    expected = 0.25 * history[0] + 0.25 * history[1] + 0.5 * history[2]  # starts at the first step's weights
+    trained = model.weight.detach().clone()
+    with ema.swapped_in():
+        torch.testing.assert_close(model.weight.detach(), expected)
+    torch.testing.assert_close(model.weight.detach(), trained)
+    torch.testing.assert_close(ema.full_state_dict()["weight"], expected)
+    with pytest.raises(ValueError, match="decay"):
+        WeightEMA(model, 1.0)
+
+
+def test_topk_and_knn():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5]])
+    assert topk_correct(logits, torch.tensor([1, 2, 0]), ks=(1, 2)) == [1, 2]
+    assert topk_correct(logits, torch.tensor([1, 2, 0]), ks=(1, 5)) == [1, 3]  # k capped at the class count
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 5
+    train_y = torch.arange(4).repeat(10)
+    train_x = centres[train_y] + torch.randn(40, 16, generator=g)
+    test_y = torch.arange(4).repeat(5)
+    test_x = centres[test_y] + torch.randn(20, 16, generator=g)
+    assert knn_top1(train_x, train_y, test_x, test_y, k=5) == 1.0
+    assert knn_top1(train_x, train_y[torch.randperm(40, generator=g)], test_x, test_y, k=5) < 0.8
+    assert math.isclose(knn_top1(train_x, train_y, test_x, (test_y + 1) % 4, k=5), 0.0)
