@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from mawstron.core import MAEConfig, PRESETS, vit_config
+from mawstron.core import LitConfig, MAEConfig, PRESETS, vit_config
 from mawstron.core.data import DataConfig
 
-STAGES = ("mae", "wsp", "finetune")
+STAGES = ("mae", "wsp", "finetune", "lit")
 PRECISIONS = ("bf16", "fp16", "fp32")
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 
@@ -152,8 +152,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lit: LitConfig = field(default_factory=LitConfig)  # train.stage=lit only
 
     def __post_init__(self):
+        if self.train.stage == "lit" and not self.checkpoint.init_from and not self.lit.unlock_image:
+            raise ConfigError("train.stage=lit locks the image tower: set checkpoint.init_from to a WSP/MAWS run's "
+                              "checkpoints/ folder or a consolidated encoder (or lit.unlock_image=true)")
         if self.checkpoint.init_from and self.train.stage == "mae":
             raise ConfigError("checkpoint.init_from loads an encoder into a WSP or fine-tuning run, not into MAE")
         try:
