@@ -41,4 +41,6 @@ def run(args) -> int:
         return 2
     print(f"wrote {args.out}: {info['tensors']} tensors, {info['params'] / 1e6:.2f}M parameters "
           f"from {args.checkpoint_dir}/{info['tag']} (step {info['step']})")
+    if info.get("tokenizer"):  # a LiT run: MAWS-CLIP layout, the tokenizer beside it
+        print(f"  MAWS-CLIP layout; tokenizer {info['tokenizer']}")
     return 0

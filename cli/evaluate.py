@@ -20,6 +20,14 @@ def add_parser(subparsers):
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--verbose", dest="verbose_here", action="store_true",
                    help="show DeepSpeed INFO lines and third-party warnings")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="zero-shot top-1/top-5 of a LiT run or MAWS-CLIP file on the test split (no probe)")
+    p.add_argument("--classnames", default="", help="zero-shot: class names, one per line in label order "
+                   "(default: the manifest's / samples' class_name)")
+    p.add_argument("--templates", default="", help="zero-shot: prompt templates, one per line with {} (default: "
+                   "a built-in set)")
+    p.add_argument("--tokenizer", default="", help="zero-shot: tokenizer.json or a Hugging Face name (default: the "
+                   "one saved with the run / beside the file)")
     p.set_defaults(func=run)
 
 
@@ -28,6 +36,8 @@ def run(args) -> int:
 
     train = args.train_shards or (os.path.join(args.data, "eval-train-*.tar") if args.data else "")
     test = args.test_shards or (os.path.join(args.data, "eval-test-*.tar") if args.data else "")
+    if args.zero_shot:
+        return run_zero_shot(args, test)
     if not train or not test:
         raise SystemExit("mawstron eval: give --data DIR (from `mawstron data synth`) or --train-shards and --test-shards")
     import glob
@@ -56,4 +66,23 @@ def run(args) -> int:
     for k in shots:
         print(f"  {k:>2}-shot       {result[f'{k}_shot_accuracy']:.1%} +- {result[f'{k}_shot_std']:.1%} "
               f"over {args.draws} draws")
+    return 0
+
+
+def run_zero_shot(args, test: str) -> int:
+    from mawstron.parallel.zero_shot import evaluate_zero_shot
+
+    if not test:
+        raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")
+    try:
+        result = evaluate_zero_shot(args.checkpoint, test, classnames=args.classnames, templates=args.templates,
+                                    tokenizer=args.tokenizer)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"mawstron eval --zero-shot: {e}") from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.checkpoint}: zero-shot on {result['test_images']} test images, {result['num_classes']} classes "
+          f"(chance {result['chance_top1']:.1%})")
+    print(f"  top-1 {result['zero_shot_top1']:.1%}   top-5 {result['zero_shot_top5']:.1%}")
     return 0

@@ -8,7 +8,8 @@ import json
 def add_parser(subparsers):
     p = subparsers.add_parser("plan", help="per-GPU memory plan for a model on N GPUs (ZeRO-3)")
     p.add_argument("--model", required=True, help="a preset, e.g. vit_6.5b14")
-    p.add_argument("--stage", choices=("mae", "wsp", "finetune"), default="mae")
+    p.add_argument("--stage", choices=("mae", "wsp", "finetune", "lit"), default="mae")
+    p.add_argument("--unlock-image", action="store_true", help="stage lit: train the image tower too")
     p.add_argument("--gpus", type=int, default=None, help="number of GPUs (default: the fewest that fit)")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0)
     p.add_argument("--micro-batch", type=int, default=32, help="images per GPU per forward/backward")
@@ -38,6 +39,14 @@ def run(args) -> int:
                   offload_optimizer=args.offload_optimizer, offload_params=args.offload_params)
     if args.img_size:
         kwargs["img_size"] = args.img_size
+    if args.stage == "lit":  # the MAWS-CLIP release's text tower and joint dim for this image tower
+        import dataclasses
+
+        from mawstron.parallel.lit import MAWS_CLIP, maws_clip_lit
+
+        if args.model not in MAWS_CLIP:
+            raise SystemExit(f"--stage lit plans the released MAWS-CLIP pairs: --model one of {sorted(MAWS_CLIP)}")
+        kwargs["lit"] = dataclasses.replace(maws_clip_lit(args.model), unlock_image=args.unlock_image)
     minimum = min_gpus(args.model, args.stage, args.gpu_mem_gib, args.micro_batch, **kwargs)
     p = plan(args.model, args.stage, args.gpus or minimum or 1, args.gpu_mem_gib, args.micro_batch, **kwargs)
     if args.json:

@@ -4,6 +4,8 @@
 these models.
 """
 
+from .clip import CLIP, LitConfig, create_clip
+from .contrastive import clip_loss
 from .flops import forward_flops, forward_flops_breakdown, training_flops
 from .mae import MAEConfig, MaskedAutoencoder, create_mae, encoder_state_dict, patchify, random_masking, unpatchify
 from .pos_embed import resample_abs_pos_embed, sincos_2d
@@ -24,6 +26,10 @@ from .weights import (
 from .wsp import create_wsp, multi_hot, wsp_loss
 
 __all__ = [
+    "CLIP",
+    "LitConfig",
+    "clip_loss",
+    "create_clip",
     "PRESETS",
     "LoadReport",
     "adapt_state_dict",

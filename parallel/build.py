@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -34,8 +35,13 @@ from .config import RunConfig
 
 
 def construct(cfg: RunConfig, num_classes: int | None):
-    """The plain ``core`` model for the run's stage (call under ``zero.Init`` or a device context)."""
+    """The plain ``core`` model for the run's stage (call under ``zero.Init`` or a device context); for stage
+    lit ``num_classes`` is the tokenizer's vocabulary size."""
     overrides = cfg.model.vit_overrides()
+    if cfg.train.stage == "lit":
+        from .lit import construct_clip
+
+        return construct_clip(cfg, num_classes)
     if cfg.train.stage == "mae":
         return create_mae(cfg.model.preset, mae=cfg.mae, **overrides)
     if not num_classes:
@@ -48,16 +54,28 @@ def build_model(cfg: RunConfig, num_classes: int | None, ds_config: dict) -> tor
     if cfg.parallel.zero_stage == 3:
         import deepspeed
 
-        with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            model = construct(cfg, num_classes)
+        zero_init = deepspeed.zero.Init(config_dict_or_path=ds_config)
     else:
-        model = construct(cfg, num_classes)
+        zero_init = contextlib.nullcontext()
+    if cfg.train.stage == "lit":
+        from .lit import build_clip
+
+        model = build_clip(cfg, num_classes, zero_init)
+    else:
+        with zero_init:
+            model = construct(cfg, num_classes)
     if cfg.checkpoint.init_from and not cfg.checkpoint.resume:  # on resume the weights come from the checkpoint
-        report = load_encoder(model, cfg.checkpoint.init_from)
+        # LiT: the encoder is the image tower
+        report = load_encoder(model.vision_encoder if cfg.train.stage == "lit" else model, cfg.checkpoint.init_from)
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"[mawstron] init_from {cfg.checkpoint.init_from}: loaded {len(report.loaded)} encoder tensors; "
                   f"fresh: {report.missing}; dropped: {len(report.dropped)} decoder/mask-token/head tensors", flush=True)
-    apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
+    if cfg.train.stage == "lit":
+        from .lit import lock_and_checkpoint
+
+        lock_and_checkpoint(model, cfg)
+    else:
+        apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
     return model
 
 

@@ -276,6 +276,10 @@ def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head:
         if problems:
             raise ValueError(f"checkpoint {tag} failed verification: {problems[0]}; pick another with --tag "
                              f"(`mawstron checkpoints verify {ckpt_dir}` lists them)")
+    if read_run_config(ckpt_dir, tag)["train"]["stage"] == "lit":  # both towers, in the MAWS-CLIP layout
+        from .zero_shot import consolidate_clip
+
+        return consolidate_clip(ckpt_dir, out_path, tag)
     state = encoder_state_dict(read_zero_checkpoint(ckpt_dir, tag))
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}

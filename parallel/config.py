@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from mawstron.core import MAEConfig, PRESETS, vit_config
+from mawstron.core import LitConfig, MAEConfig, PRESETS, vit_config
 from mawstron.core.data import DataConfig
 
-STAGES = ("mae", "wsp", "finetune")
+STAGES = ("mae", "wsp", "finetune", "lit")
 PRECISIONS = ("bf16", "fp16", "fp32")
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 
@@ -245,6 +245,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lit: LitConfig = field(default_factory=LitConfig)  # train.stage=lit only
 
     def __post_init__(self):
         if self.finetune.augments and self.train.stage != "finetune":
@@ -252,6 +253,9 @@ class RunConfig:
         if self.eval.test_shards and self.train.stage != "finetune" and not self.eval.train_shards:
             raise ConfigError("the k-NN monitor of MAE / WSP needs eval.train_shards (its memory) as well as "
                               "eval.test_shards, e.g. DIR/eval-train-*.tar and DIR/eval-test-*.tar")
+        if self.train.stage == "lit" and not self.checkpoint.init_from and not self.lit.unlock_image:
+            raise ConfigError("train.stage=lit locks the image tower: set checkpoint.init_from to a WSP/MAWS run's "
+                              "checkpoints/ folder or a consolidated encoder (or lit.unlock_image=true)")
         if self.checkpoint.init_from and self.train.stage == "mae":
             raise ConfigError("checkpoint.init_from loads an encoder into a WSP or fine-tuning run, not into MAE")
         try:

@@ -56,7 +56,9 @@ def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
     kwargs = dict(checkpoint_every=cfg.parallel.activation_checkpointing, mae=cfg.mae,
                   offload_optimizer=cfg.parallel.offload_optimizer != "none",
                   offload_params=cfg.parallel.offload_params != "none", **cfg.model.vit_overrides())
-    if stage != "mae":
+    if stage == "lit":
+        kwargs["lit"] = cfg.lit
+    elif stage != "mae":
         kwargs["num_classes"] = 1000  # placeholder vocabulary size for the plan; the real one comes from the data
     minimum = min_gpus(cfg.model.preset, stage, gpu_mem_gib, cfg.train.micro_batch, **kwargs)
     p = plan(cfg.model.preset, stage, gpus or minimum or 1, gpu_mem_gib, cfg.train.micro_batch, **kwargs)
@@ -64,7 +66,7 @@ def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
              json.dumps(to_dict(cfg), indent=1, default=str), format_plan(p),
              f"  minimum {gpu_mem_gib:g} GiB GPUs for this micro-batch: {minimum if minimum else 'none up to 65536'}"]
     lines.append(schedule_line(cfg, gpus or _smallest_dividing_world(cfg, minimum or 1)))
-    if stage != "mae":
+    if stage not in ("mae", "lit"):
         lines.append("  (WSP head sized for 1000 classes here; the run sizes it from the vocabulary)")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ shapes (the model is built on the meta device).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,6 +49,11 @@ class MemoryPlan:
     fits: bool
     forward_gflops_per_image: float
     train_gflops_per_image: float
+    # stage lit only: the text tower (+ projections, logit scale) trained, the image tower frozen unless unlocked,
+    # and the contrastive loss's all-gathered features and logits
+    text_params: int = 0
+    frozen_params: int = 0
+    contrastive_gib: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -110,11 +116,81 @@ def model_state_bytes(total_params: int, largest_layer_params: int, gpus: int, o
     }
 
 
+def lit_shape_stats(model_name: str, lit, **overrides) -> dict:
+    """Parameter counts of a CLIP for stage lit, on the meta device: text tower (with projections and logit
+    scale), image tower, and the largest single module (XLM-R's 250k-token embedding for the release's towers)."""
+    from mawstron.core import create_clip
+
+    key = (model_name, repr(dataclasses.replace(lit, unlock_image=False)), tuple(sorted(overrides.items())))
+    if key in _LIT_STATS:  # min_gpus plans many GPU counts for one model
+        return _LIT_STATS[key]
+    with torch.device("meta"):
+        model = create_clip(model_name, dataclasses.replace(lit, text_model=""), **overrides)
+    vision = count_parameters(model.vision_encoder)
+    total = count_parameters(model)
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    _LIT_STATS[key] = {"total": total, "vision": vision, "text": total - vision, "largest": largest}
+    return _LIT_STATS[key]
+
+
+_LIT_STATS: dict = {}
+
+
+def contrastive_bytes(micro_batch: int, gpus: int, embed_dim: int) -> float:
+    """Per-GPU bytes of the global-batch loss: both towers' features gathered from every GPU (fp32) and the
+    local rows' logits against all columns, both directions, with their gradients."""
+    global_batch = micro_batch * gpus
+    return 4 * (2 * global_batch * embed_dim + 2 * 2 * micro_batch * global_batch)
+
+
+def plan_lit(model_name: str, lit, gpus: int, gpu_mem_gib: float, micro_batch: int, checkpoint_every: int = 1,
+             offload_optimizer: bool = False, offload_params: bool = False, **overrides) -> MemoryPlan:
+    """The plan of stage lit: the image tower's parameters only (bf16, sharded) unless ``lit.unlock_image``,
+    the text tower's full model states, activations of the text tower (and of one image block: the locked tower
+    runs under no_grad and keeps nothing), and the contrastive all-gather."""
+    from mawstron.core.clip import text_flops
+
+    stats = lit_shape_stats(model_name, lit, **overrides)
+    trainable = stats["total"] if lit.unlock_image else stats["text"]
+    states = model_state_bytes(stats["total"], stats["largest"], gpus, offload_optimizer, offload_params, trainable)
+    vit = vit_config(model_name, **overrides)
+    text_acts = _stack_activation_bytes(lit.max_length, lit.text_width, lit.text_depth, micro_batch, checkpoint_every)
+    if lit.unlock_image:
+        image_acts = _stack_activation_bytes(1 + vit.num_patches, vit.embed_dim, vit.depth, micro_batch, checkpoint_every)
+    else:
+        image_acts = ACT_BYTES_PER_TOKEN_PER_WIDTH * (1 + vit.num_patches) * vit.embed_dim * micro_batch
+    gather = contrastive_bytes(micro_batch, gpus, lit.embed_dim)
+    acts = text_acts + image_acts
+    total_bytes = sum(states.values()) + acts + gather
+    usable = gpu_mem_gib * (1 - RESERVE_FRACTION)
+    image_fwd = forward_flops(vit, "features")
+    fwd = image_fwd + text_flops(lit)
+    train = 3 * text_flops(lit) + (3 if lit.unlock_image else 1) * image_fwd
+    no_ckpt = _stack_activation_bytes(lit.max_length, lit.text_width, lit.text_depth, micro_batch, 0) + image_acts
+    full_ckpt = _stack_activation_bytes(lit.max_length, lit.text_width, lit.text_depth, micro_batch, 1) + image_acts
+    return MemoryPlan(
+        model=model_name, stage="lit", gpus=gpus, gpu_mem_gib=gpu_mem_gib, micro_batch=micro_batch,
+        total_params=stats["total"], largest_layer_params=stats["largest"],
+        params_gib=states["params"] / GIB, grads_gib=states["grads"] / GIB, optimizer_gib=states["optimizer"] / GIB,
+        gathered_layer_gib=states["gathered_layer"] / GIB, activations_gib=acts / GIB,
+        activations_no_checkpointing_gib=no_ckpt / GIB, activations_full_checkpointing_gib=full_ckpt / GIB,
+        total_gib=total_bytes / GIB, usable_gib=usable, fits=total_bytes / GIB <= usable,
+        forward_gflops_per_image=fwd / 1e9, train_gflops_per_image=train / 1e9,
+        text_params=stats["text"], frozen_params=0 if lit.unlock_image else stats["vision"],
+        contrastive_gib=gather / GIB,
+    )
+
+
 def plan(model_name: str, stage: str, gpus: int, gpu_mem_gib: float, micro_batch: int, checkpoint_every: int = 1,
          num_classes: int = 0, mae: MAEConfig | None = None, offload_optimizer: bool = False,
-         offload_params: bool = False, **overrides) -> MemoryPlan:
+         offload_params: bool = False, lit=None, **overrides) -> MemoryPlan:
     if gpus <= 0 or micro_batch <= 0 or gpu_mem_gib <= 0:
         raise ValueError("gpus, micro_batch and gpu_mem_gib must be positive")
+    if stage == "lit":
+        if lit is None:
+            raise ValueError("a plan for stage lit needs the text tower: pass lit=LitConfig(...)")
+        return plan_lit(model_name, lit, gpus, gpu_mem_gib, micro_batch, checkpoint_every, offload_optimizer,
+                        offload_params, **overrides)
     stage_for_model = "mae" if stage == "mae" else "wsp"
     total, trainable, largest = model_shape_stats(model_name, stage_for_model, mae, num_classes, **overrides)
     states = model_state_bytes(total, largest, gpus, offload_optimizer, offload_params, trainable)
@@ -157,6 +233,11 @@ def format_plan(p: MemoryPlan) -> str:
     ]
     lines = [f"{p.model} {p.stage}: {p.total_params / 1e9:.3f}B parameters, {p.gpus} GPUs x {p.gpu_mem_gib:g} GiB, "
              f"micro-batch {p.micro_batch} per GPU"]
+    if p.stage == "lit":
+        rows.insert(5, ("contrastive all-gather (features, logits)", p.contrastive_gib))
+        lines.append(f"  text tower {p.text_params / 1e6:.1f}M parameters (trained); image tower "
+                     f"{(p.total_params - p.text_params) / 1e6:.1f}M ("
+                     f"{'frozen: parameters only' if p.frozen_params else 'unlocked: trained'})")
     lines += [f"  {name:<48}{gib:>10.2f} GiB per GPU" for name, gib in rows]
     lines.append(f"  activations without checkpointing {p.activations_no_checkpointing_gib:.2f} GiB, "
                  f"every block checkpointed {p.activations_full_checkpointing_gib:.2f} GiB")

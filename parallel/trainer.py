@@ -20,6 +20,7 @@ from mawstron.core.data import build_train_loader
 from mawstron.core.data.shards import SKIP_REASONS
 
 from . import checkpoint as ckpt
+from . import lit as lit_stage
 from . import universal
 from .build import build_model
 from .config import RunConfig, to_dict
@@ -71,18 +72,21 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
+        lit = cfg.train.stage == "lit"
+        tokenizer = lit_stage.prepare_tokenizer(cfg, self.rank) if lit else None
         self.loader = build_train_loader(cfg.data, stage=cfg.train.stage, img_size=cfg.model.vit_config().img_size,
                                          micro_batch=cfg.train.micro_batch, rank=self.rank,
-                                         world_size=self.world_size, seed=cfg.train.seed)
+                                         world_size=self.world_size, seed=cfg.train.seed, tokenizer=tokenizer)
         self.ds_config = build_ds_config(cfg, self.world_size, cfg.model.vit_config().embed_dim)
         if cfg.checkpoint.resume:
             self.prepare_resume()
         # identical seed on every rank: each rank computes the same full tensor and keeps its shard, so the
         # sharded model equals the single-process initialisation with this seed
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg, self.loader.num_classes, self.ds_config)
+        model = build_model(cfg, tokenizer.get_vocab_size() if lit else self.loader.num_classes, self.ds_config)
         self.vit_config = model.config
-        groups = param_groups(model, cfg.optim, model.config.depth)
+        groups = (lit_stage.lit_param_groups(model, cfg.optim, cfg.lit.image_lr_scale) if lit
+                  else param_groups(model, cfg.optim, model.config.depth))
         optimizer = build_optimizer(groups, cfg.optim, use_fused=self.device.type == "cuda")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.dtype = DTYPES[cfg.parallel.precision]
@@ -90,7 +94,8 @@ class Trainer:
         self.grad_accum, self.global_batch = self.schedule["grad_accum"], self.schedule["global_batch"]
         self.peak_lr = self.schedule["peak_lr"]
         print_rank0(self.rank, f"[mawstron] {cfg.name}: {format_schedule(self.schedule)}")
-        self.flops_per_image = training_flops(model.config, "mae" if cfg.train.stage == "mae" else "wsp", cfg.mae)
+        self.flops_per_image = (lit_stage.lit_training_flops(cfg) if lit else
+                                training_flops(model.config, "mae" if cfg.train.stage == "mae" else "wsp", cfg.mae))
         self.device_name, self.device_peak = device_peak_tflops(self.device)
         # masks, drop-path and data order must differ between ranks
         torch.manual_seed(cfg.train.seed + 1 + self.rank)
@@ -164,6 +169,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- steps
     def compute_loss(self, batch: dict) -> torch.Tensor:
+        if self.cfg.train.stage == "lit":
+            return lit_stage.lit_loss(self.engine, batch, self.device, self.dtype)
         images = batch["images"].to(self.device, self.dtype, non_blocking=True)
         if self.cfg.train.stage == "mae":
             loss, _, _ = self.engine(images)

@@ -48,16 +48,20 @@ class DataConfig:
 
 
 def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batch: int, rank: int = 0,
-                       world_size: int = 1, seed: int = 0):
-    """This rank's infinite train loader for ``stage`` ("mae", "wsp" or "finetune")."""
+                       world_size: int = 1, seed: int = 0, tokenizer=None):
+    """This rank's infinite train loader for ``stage`` ("mae", "wsp", "finetune" or "lit"; lit tokenizes the
+    captions with ``tokenizer``)."""
     if cfg.source == "synthetic":
+        if stage == "lit":
+            raise ValueError("LiT needs captioned images: set data.source=shards and data.shards=DIR/train-*.tar "
+                             "(from `mawstron data synth --out DIR`)")
         if stage == "finetune":
             raise ValueError("fine-tuning needs labelled shards: set data.source=shards and "
                              "data.shards=DIR/eval-train-*.tar (from `mawstron data synth --out DIR`)")
         return SyntheticLoader(img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
                                seed=seed, with_targets=stage == "wsp")
     kwargs = dict(stage=stage, img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
-                  seed=seed)
+                  seed=seed, tokenizer=tokenizer)
     if cfg.source == "folder":
         from .image_folder import ImageFolderTrainLoader
 

@@ -100,8 +100,8 @@ def build_pipeline(*, paths, index_paths, shard_id, num_shards, stage, img_size,
 class DaliShardLoader:
     """This rank's infinite loader over webdataset shards through DALI (see loader.py for the contract)."""
 
-    def __init__(self, cfg, *, stage, img_size, micro_batch, rank=0, world_size=1, seed=0):
-        self.shards = RankShards(cfg, stage=stage, rank=rank, world_size=world_size)
+    def __init__(self, cfg, *, stage, img_size, micro_batch, rank=0, world_size=1, seed=0, tokenizer=None):
+        self.shards = RankShards(cfg, stage=stage, rank=rank, world_size=world_size, tokenizer=tokenizer)
         self.num_classes = self.shards.num_classes
         self.stage, self.img_size, self.micro_batch = stage, img_size, micro_batch
         self.seed = seed * 1000 + rank
@@ -146,7 +146,9 @@ class DaliShardLoader:
                 for out in self._iter:
                     batch = out[0]
                     result = {"images": batch["images"]}
-                    if "meta" in batch:
+                    if "meta" in batch and self.stage == "lit":
+                        result.update(self.shards.captions(decode_metas(batch["meta"].cpu().numpy())))
+                    elif "meta" in batch:
                         targets, missing = self.shards.targets(decode_metas(batch["meta"].cpu().numpy()))
                         result["targets"] = targets
                         self.no_known_hashtag += missing

@@ -22,6 +22,8 @@ import tarfile
 
 import numpy as np
 
+from .captions import noisy_caption
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 COLOURS = {
     "red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 215),
@@ -273,8 +275,7 @@ def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0)
             "width": size, "height": size}
     if split == "train":
         tags = noisy_hashtags(rng, attrs, tail)
-        words = ["look at this", "my new", "found a", "so", "today:"][int(rng.integers(0, 5))]
-        meta["caption"] = f"{words} " + " ".join(tags)
+        meta["caption"] = noisy_caption(rng, attrs, tags, SHAPES, list(COLOURS))
         if rng.random() < 0.6:
             meta["hashtags"] = tags
     else:

@@ -107,6 +107,8 @@ class _BatchStream(torch.utils.data.IterableDataset):
         targets, missing = self.shards.targets(metas)
         if targets is not None:
             batch["targets"] = targets
+        if self.shards.stage == "lit":
+            batch.update(self.shards.captions(metas))
         batch["_no_tag"] = missing
         batch["_skips"] = dict(skips)
         return batch
@@ -123,8 +125,8 @@ class _BatchStream(torch.utils.data.IterableDataset):
 class TorchShardLoader:
     """This rank's infinite loader over webdataset shards through a PyTorch DataLoader (see loader.py)."""
 
-    def __init__(self, cfg, *, stage, img_size, micro_batch, rank=0, world_size=1, seed=0):
-        self.shards = RankShards(cfg, stage=stage, rank=rank, world_size=world_size)
+    def __init__(self, cfg, *, stage, img_size, micro_batch, rank=0, world_size=1, seed=0, tokenizer=None):
+        self.shards = RankShards(cfg, stage=stage, rank=rank, world_size=world_size, tokenizer=tokenizer)
         self.num_classes = self.shards.num_classes
         self.img_size, self.micro_batch, self.seed, self.rank = img_size, micro_batch, seed, rank
         self.num_workers = cfg.num_workers

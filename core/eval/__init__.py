@@ -1,6 +1,7 @@
 """Transfer evaluation on frozen features: linear probe and k-shot (the MAWS paper's low-shot protocol)."""
 
 from .features import POOLS, extract_features
+from .zero_shot import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier
 from .linear import (
     FewShotResult,
     ProbeResult,
@@ -12,6 +13,9 @@ from .linear import (
 )
 
 __all__ = [
+    "DEFAULT_TEMPLATES",
+    "zero_shot_accuracy",
+    "zero_shot_classifier",
     "POOLS",
     "FewShotResult",
     "ProbeResult",
