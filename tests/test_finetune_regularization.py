@@ -123,3 +123,42 @@ def test_topk_and_knn():
     assert knn_top1(train_x, train_y, test_x, test_y, k=5) == 1.0
     assert knn_top1(train_x, train_y[torch.randperm(40, generator=g)], test_x, test_y, k=5) < 0.8
     assert math.isclose(knn_top1(train_x, train_y, test_x, (test_y + 1) % 4, k=5), 0.0)
+
+
+def test_knn_monitor_of_an_mae_encoder_and_the_split_of_work_between_ranks(tmp_path):
+    """The pre-training monitor end to end on one process (a gloo group of one): features through the module's
+    __call__ (as ZeRO-3 needs), k-NN over an ImageFolder memory; then each rank's share of the batches."""
+    import types
+
+    import torch.distributed as dist
+
+    from folder_helpers import make_image_folder
+    from mawstron.core import MAEConfig, create_mae
+    from mawstron.parallel.periodic_eval import PeriodicEval
+
+    root = str(tmp_path / "images")
+    make_image_folder(root, images=22)
+    cfg = apply_overrides(RunConfig(), assignments=["model.preset=vit_micro", f"eval.train_shards={root}",
+                                                    f"eval.test_shards={root}", "eval.batch_size=4",
+                                                    "eval.knn_k=1", "train.steps=10", "eval.every_steps=4"])
+    model = create_mae("vit_micro", mae=MAEConfig(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2))
+    trainer = types.SimpleNamespace(cfg=cfg, rank=0, world_size=1, engine=types.SimpleNamespace(module=model),
+                                    vit_config=model.config, device=torch.device("cpu"), dtype=torch.float32)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        evaluator = PeriodicEval(trainer)
+        result = evaluator.evaluate()
+    finally:
+        dist.destroy_process_group()
+    # the memory is the query set: each image's nearest neighbour is itself
+    assert result == {"eval_knn_top1": 1.0, "eval_images": 22, "eval_memory_images": 22}
+    assert model.training and "forward" not in vars(model)  # mode and forward restored
+    assert [evaluator.due(s) for s in (3, 4, 8, 10)] == [False, True, True, True]
+    # 22 images in batches of 4 = 6 batches; on 4 ranks every rank runs 2 rounds, ranks 2 and 3 pad their second
+    evaluator.world = 4
+    shares = []
+    for rank in range(4):
+        evaluator.rank = rank
+        shares.append([(len(y), real) for _, y, real in evaluator._my_batches(evaluator.test)])
+    assert shares == [[(4, True), (4, True)], [(4, True), (2, True)], [(4, True), (4, False)],
+                      [(4, True), (4, False)]]

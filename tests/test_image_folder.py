@@ -148,3 +148,20 @@ def test_eval_tag_accepts_a_step_or_a_tag_and_lists_the_choices(tmp_path):
         checkpoint_tag(str(ckpt), "12")
     with pytest.raises(ValueError, match="checkpoints/ folder"):
         checkpoint_tag(str(tmp_path), "4")
+
+
+def test_features_and_show_mae_read_shards_too(tmp_path):
+    from data_helpers import make_collection
+
+    data = str(tmp_path / "data")
+    make_collection(data, images=8, shard_size=8, eval_images=6)
+    torch.manual_seed(0)
+    weights = str(tmp_path / "micro.safetensors")
+    save_file(create_vit("vit_micro").state_dict(), weights,
+              metadata={"model": json.dumps(dataclasses.asdict(ModelConfig("vit_micro")))})
+    out = str(tmp_path / "f.npy")
+    assert main(["features", "--checkpoint", weights, "--images", f"{data}/train-*.tar", "--out", out]) == 0
+    index = json.load(open(str(tmp_path / "f.json")))
+    assert np.load(out).shape == (8, 64) and "labels" not in index and index["images"][0] == "train-000000.tar:000000000"
+    assert main(["features", "--checkpoint", weights, "--images", f"{data}/eval-test-*.tar", "--out", out]) == 0
+    assert len(json.load(open(str(tmp_path / "f.json")))["labels"]) == 6

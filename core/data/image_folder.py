@@ -197,11 +197,19 @@ class ImageListLoader:
 
 
 def image_loader(path: str, *, img_size: int, batch_size: int):
-    """An ImageFolder's evaluation loader (labels from class subfolders) or, for a plain folder of images, an
-    unlabelled one; ValueError naming ``path`` when it holds neither."""
+    """An ImageFolder's evaluation loader (labels from class subfolders), an unlabelled one for a plain folder of
+    images, or the images of webdataset shards (a glob or brace pattern; json ``label`` if present); ValueError
+    naming ``path`` when it holds none of these."""
     if is_image_folder(path):
         return ImageFolderEvalLoader(path, img_size=img_size, batch_size=batch_size)
     if os.path.isdir(path) and list_images(path):
         return ImageListLoader(list_images(path), img_size=img_size, batch_size=batch_size)
-    raise ValueError(f"--images {path!r} holds no image: give a folder of images or an ImageFolder "
-                     f"(ROOT/<class>/<image>) with {', '.join(IMAGE_SUFFIXES)} files")
+    if not os.path.isdir(path) and (path.endswith(".tar") or "*" in path or "{" in path or "," in path):
+        from . import DataConfig
+        from .eval_loader import EvalLoader
+
+        loader = EvalLoader(DataConfig(), img_size=img_size, batch_size=batch_size, shards=path)
+        loader.require_labels = False
+        return loader
+    raise ValueError(f"--images {path!r} holds no image: give a folder of images, an ImageFolder "
+                     f"(ROOT/<class>/<image>) with {', '.join(IMAGE_SUFFIXES)} files, or webdataset shards")
