@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from mawstron.core.data import DataConfig, build_eval_loader
+from mawstron.core.data.image_folder import align_classes
 
 from .ema import WeightEMA
 from .metrics import print_rank0
@@ -84,6 +85,10 @@ class PeriodicEval:
 
             self.test = loader(cfg.eval.test_shards)
             self.memory = loader(cfg.eval.train_shards) if cfg.train.stage != "finetune" else None
+            if self.memory is not None:
+                align_classes(self.memory, self.test)
+            elif hasattr(trainer.loader, "classes"):  # fine-tuning on an ImageFolder: the head's numbering
+                align_classes(trainer.loader, self.test)
 
     def due(self, step: int) -> bool:
         every = self.cfg.eval.every_steps

@@ -165,3 +165,23 @@ def test_features_and_show_mae_read_shards_too(tmp_path):
     assert np.load(out).shape == (8, 64) and "labels" not in index and index["images"][0] == "train-000000.tar:000000000"
     assert main(["features", "--checkpoint", weights, "--images", f"{data}/eval-test-*.tar", "--out", out]) == 0
     assert len(json.load(open(str(tmp_path / "f.json")))["labels"]) == 6
+
+
+def test_a_val_folder_with_fewer_classes_keeps_the_training_numbering(folder, tmp_path):
+    from mawstron.core.data.image_folder import align_classes
+
+    root, counts = folder
+    last = sorted(counts)[-1]
+    val = tmp_path / "val" / last
+    val.mkdir(parents=True)
+    src = os.path.join(root, last, sorted(os.listdir(os.path.join(root, last)))[0])
+    Image.open(src).save(val / "x.jpg")
+    train = build_eval_loader(DataConfig(), img_size=32, batch_size=4, shards=root)
+    test = build_eval_loader(DataConfig(), img_size=32, batch_size=4, shards=str(tmp_path / "val"))
+    assert next(iter(test))["labels"].tolist() == [0]  # alone, the folder's only class is class 0
+    align_classes(train, test)
+    assert next(iter(test))["labels"].tolist() == [len(counts) - 1]
+    (tmp_path / "val" / "zebra").mkdir()
+    Image.open(src).save(tmp_path / "val" / "zebra" / "y.jpg")
+    with pytest.raises(ValueError, match="zebra"):
+        align_classes(train, build_eval_loader(DataConfig(), img_size=32, batch_size=4, shards=str(tmp_path / "val")))

@@ -63,6 +63,16 @@ class ImageFolderEvalLoader:
     def __len__(self):
         return -(-self.num_images // self.batch_size)
 
+    def use_classes(self, classes: list[str]) -> None:
+        """Number labels by another split's class list (a val folder may lack some of train's classes, which
+        would shift every label after the gap); ValueError for a class the list does not have."""
+        unknown = sorted(set(self.classes) - set(classes))
+        if unknown:
+            raise ValueError(f"classes {unknown[:5]} are not in the training split's class folders")
+        index = {name: i for i, name in enumerate(classes)}
+        self.samples = [(path, index[os.path.basename(os.path.dirname(path))]) for path, _ in self.samples]
+        self.classes = list(classes)
+
     def items(self) -> list:
         return list(self.samples)
 
@@ -194,6 +204,12 @@ class ImageListLoader:
 
     def items(self) -> list:
         return list(self.samples)
+
+
+def align_classes(train_loader, test_loader) -> None:
+    """Give an ImageFolder test split the training split's class numbering (no-op for shards)."""
+    if hasattr(train_loader, "classes") and hasattr(test_loader, "use_classes"):
+        test_loader.use_classes(train_loader.classes)
 
 
 def image_loader(path: str, *, img_size: int, batch_size: int):
