@@ -83,6 +83,11 @@ def test_regularize_follows_the_run_config():
     images, targets = regularize(torch.randn(8, 3, 8, 8), one_hot(list(range(8)), 10), cfg)
     assert targets.shape == (8, 10) and (targets > 0).all()  # smoothed and mixed
     torch.testing.assert_close(targets.sum(1), torch.ones(8))
+    wsp = apply_overrides(RunConfig(), assignments=["train.stage=wsp", "train.label_smoothing=0.1"])
+    multi_hot = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    wsp_images, wsp_targets = regularize(torch.ones(2, 3, 4, 4), multi_hot, wsp)
+    assert torch.equal(wsp_images, torch.ones(2, 3, 4, 4))  # WSP: smoothing only, no-tag rows stay empty
+    torch.testing.assert_close(wsp_targets, torch.tensor([[0.475, 0.475, 0.025, 0.025], [0.0, 0.0, 0.0, 0.0]]))
     with pytest.raises(ConfigError, match="finetune only"):
         apply_overrides(RunConfig(), assignments=["finetune.mixup=0.8"])  # an MAE run
     with pytest.raises(ConfigError, match="ema_decay"):
