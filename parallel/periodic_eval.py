@@ -32,6 +32,18 @@ from .ema import WeightEMA
 from .metrics import print_rank0
 
 
+def check_eval_data(eval_cfg) -> None:
+    """ValueError naming the key and the fix when ``eval.test_shards`` / ``eval.train_shards`` name nothing
+    readable (``mawstron train`` calls it before any rank starts)."""
+    from mawstron.core.data.image_folder import is_image_folder
+    from mawstron.core.data.shards import expand_shards
+
+    for key in ("test_shards", "train_shards"):
+        spec = getattr(eval_cfg, key)
+        if spec and not is_image_folder(spec):
+            expand_shards(spec, what=f"eval.{key}")
+
+
 @contextlib.contextmanager
 def _forward_as(module: torch.nn.Module, method):
     """``module(x)`` runs ``method`` inside the block: ZeRO-3's parameter gathering hangs on ``__call__``, so a

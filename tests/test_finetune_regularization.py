@@ -167,3 +167,16 @@ def test_knn_monitor_of_an_mae_encoder_and_the_split_of_work_between_ranks(tmp_p
         shares.append([(len(y), real) for _, y, real in evaluator._my_batches(evaluator.test)])
     assert shares == [[(4, True), (4, True)], [(4, True), (2, True)], [(4, True), (4, False)],
                       [(4, True), (4, False)]]
+
+
+def test_train_refuses_missing_evaluation_data_before_launch(tmp_path, capsys):
+    import os
+
+    from mawstron.cli.main import main
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "vit_tiny_mae.py")
+    missing = str(tmp_path / "nope-*.tar")
+    assert main(["train", recipe, "--set", f"eval.test_shards={missing}", "--set", f"eval.train_shards={missing}",
+                 "--set", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.test_shards" in err and "nope-*.tar" in err and "\n" not in err.strip()
