@@ -167,7 +167,9 @@ class PeriodicEval:
             for logits, y in zip(outputs, labels):
                 top1, top5 = topk_correct(logits, y)
                 counts += torch.tensor([top1, top5, len(y)], dtype=torch.float64)
+            counts = counts.to(self.trainer.device)  # NCCL reduces device tensors only
             dist.all_reduce(counts)
+            counts = counts.cpu()
             return {"eval_top1": counts[0].item() / counts[2].item(), "eval_top5": counts[1].item() / counts[2].item(),
                     "eval_images": int(counts[2])}
         features = self._features
