@@ -28,6 +28,7 @@ import torch.distributed as dist
 from mawstron.core.data import DataConfig, build_eval_loader
 from mawstron.core.data.image_folder import align_classes
 
+from . import checkpoint as ckpt
 from .ema import WeightEMA
 from .metrics import print_rank0
 
@@ -86,6 +87,8 @@ class PeriodicEval:
         self.rank, self.world = trainer.rank, trainer.world_size
         self.module = trainer.engine.module
         self.ema = WeightEMA(self.module, cfg.finetune.ema_decay) if cfg.finetune.ema_decay else None
+        if self.ema is not None and cfg.checkpoint.resume:
+            self._resume_ema()
         self.enabled = bool(cfg.eval.test_shards)
         if self.enabled:
             data = DataConfig(source="shards", loader="torch", validate=cfg.data.validate,
@@ -106,9 +109,33 @@ class PeriodicEval:
         every = self.cfg.eval.every_steps
         return self.enabled and ((every and step % every == 0) or step == self.cfg.train.steps)
 
+    def _ema_path(self, step: int) -> str:
+        return os.path.join(self.cfg.checkpoint_dir, ckpt.tag_for_step(step), f"ema_rank{self.rank}.pt")
+
+    def _resume_ema(self) -> None:
+        tag = ckpt.resolve_tag(self.cfg.checkpoint_dir)
+        step = ckpt.read_marker(self.cfg.checkpoint_dir, tag)["step"]
+        path = self._ema_path(step)
+        if os.path.isfile(path):
+            self.ema.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            print_rank0(self.rank, f"[mawstron] EMA resumed ({self.ema.updates} updates)")
+        else:
+            print_rank0(self.rank, f"[mawstron] {tag} holds no EMA; the average restarts from the resumed weights")
+
+    def save_ema(self, step: int) -> None:
+        """This rank's EMA partitions beside the checkpoint of ``step`` (written before the engine's save, in the
+        same folder, so that pruning old checkpoints removes it too)."""
+        path = self._ema_path(step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(self.ema.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
+
     def after_step(self, step: int, metrics) -> None:
         if self.ema is not None:
             self.ema.update()
+            every = self.cfg.checkpoint.every_steps
+            if (every and step % every == 0) or step == self.cfg.train.steps:  # the trainer's save steps
+                self.save_ema(step)
         if self.due(step):
             start = time.perf_counter()
             record = {"step": step, **self.evaluate()}

@@ -2,6 +2,7 @@
 evaluation arithmetic used during training."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -180,3 +181,30 @@ def test_train_refuses_missing_evaluation_data_before_launch(tmp_path, capsys):
                  "--set", f"output_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert "eval.test_shards" in err and "nope-*.tar" in err and "\n" not in err.strip()
+
+
+def test_ema_is_saved_with_checkpoints_and_resumed(tmp_path):
+    import types
+
+    from mawstron.parallel import checkpoint as ckpt
+    from mawstron.parallel.periodic_eval import PeriodicEval
+
+    cfg = apply_overrides(RunConfig(), assignments=["train.stage=finetune", "finetune.ema_decay=0.5",
+                                                    "train.steps=4", "checkpoint.every_steps=2",
+                                                    f"output_dir={tmp_path}"])
+    model = torch.nn.Linear(2, 2)
+    trainer = types.SimpleNamespace(cfg=cfg, rank=0, world_size=1, engine=types.SimpleNamespace(module=model))
+    first = PeriodicEval(trainer)
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        first.after_step(step, metrics=None)
+    saved = os.path.join(cfg.checkpoint_dir, ckpt.tag_for_step(2), "ema_rank0.pt")
+    assert os.path.isfile(saved) and not os.path.exists(saved.replace("00000002", "00000003"))
+    ckpt.finalize(cfg.checkpoint_dir, ckpt.tag_for_step(2), 2, {}, keep_last=2, world_size=1)
+    state = torch.load(saved, weights_only=True)
+    resumed = PeriodicEval(types.SimpleNamespace(cfg=apply_overrides(cfg, assignments=["checkpoint.resume=true"]),
+                                                 rank=0, world_size=1, engine=types.SimpleNamespace(module=model)))
+    assert resumed.ema.updates == 2 and torch.equal(resumed.ema.shadow[0], state["shadow"][0])
+    with pytest.raises(ValueError, match="other parameters"):
+        WeightEMA(torch.nn.Linear(2, 3, bias=False), 0.5).load_state_dict(state)
