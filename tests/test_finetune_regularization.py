@@ -78,8 +78,9 @@ def test_random_erasing_fills_one_rectangle_with_noise():
 
 
 def test_regularize_follows_the_run_config():
-    cfg = apply_overrides(RunConfig(), assignments=["train.stage=finetune", "train.label_smoothing=0.1",
-                                                    "finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.reprob=0.25"])
+    cfg = apply_overrides(RunConfig(), assignments=[
+        "train.stage=finetune", "train.label_smoothing=0.1", "finetune.mixup=0.8", "finetune.cutmix=1.0",
+        "finetune.reprob=0.25"])
     torch.manual_seed(1)
     images, targets = regularize(torch.randn(8, 3, 8, 8), one_hot(list(range(8)), 10), cfg)
     assert targets.shape == (8, 10) and (targets > 0).all()  # smoothed and mixed
