@@ -20,6 +20,12 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
+def _name(item, root: str) -> str:
+    """An image's name in the sidecar: its path under ``--images``, or ``shard.tar:KEY`` for shards."""
+    path, what = item
+    return f"{os.path.basename(path)}:{what.key}" if hasattr(what, "key") else os.path.relpath(path, root)
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -40,10 +46,11 @@ def run(args) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, feats.numpy())
     index = {"checkpoint": args.checkpoint, "tag": args.tag, "pool": args.pool, "shape": list(feats.shape),
-             "images": [os.path.relpath(p, args.images) for p, _ in loader.items()]}
+             "images": [_name(item, args.images) for item in loader.items()]}
     if (labels >= 0).all():
         index["labels"] = labels.tolist()
-        index["classes"] = loader.classes
+        if hasattr(loader, "classes"):
+            index["classes"] = loader.classes
     sidecar = args.out[:-len(".npy")] + ".json"
     with open(sidecar, "w") as f:
         json.dump(index, f)

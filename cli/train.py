@@ -70,9 +70,11 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: config error: {e}", file=sys.stderr)
         return 2
     from mawstron.core.data import check_data
+    from mawstron.parallel.periodic_eval import check_eval_data
 
     try:
         check_data(cfg.data, cfg.train.stage)
+        check_eval_data(cfg.eval)
     except ValueError as e:
         print(f"mawstron: data error: {e}", file=sys.stderr)
         return 2

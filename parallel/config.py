@@ -250,6 +250,9 @@ class RunConfig:
     def __post_init__(self):
         if self.finetune.augments and self.train.stage != "finetune":
             raise ConfigError("finetune.mixup / cutmix / reprob apply to train.stage=finetune only")
+        if self.finetune.ema_decay and self.parallel.offload_params == "nvme":
+            raise ConfigError("finetune.ema_decay reads each rank's parameter partitions in memory; it does not "
+                              "work with parallel.offload_params=nvme (use cpu offload or no EMA)")
         if self.eval.test_shards and self.train.stage != "finetune" and not self.eval.train_shards:
             raise ConfigError("the k-NN monitor of MAE / WSP needs eval.train_shards (its memory) as well as "
                               "eval.test_shards, e.g. DIR/eval-train-*.tar and DIR/eval-test-*.tar")

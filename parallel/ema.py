@@ -12,8 +12,10 @@ once and kept) are re-partitioned and re-gathered so that their full copies show
 optimizer's fp32 master partitions are never touched.
 
 The first ``update()`` starts the average at the current weights (DeiT's ``ModelEma`` starts at the initial
-weights; starting after the first step avoids averaging in a freshly initialised head).  The average is not
-part of the ZeRO checkpoint: a resumed run restarts it from the resumed weights.
+weights; starting after the first step avoids averaging in a freshly initialised head).  Each rank saves its
+partitions' average as ``ema_rank<r>.pt`` in the checkpoint's folder at the trainer's periodic and final saves
+(parallel/periodic_eval.py), and a resumed run continues from it; a checkpoint without it (saved at another
+step) restarts the average from the resumed weights, and says so.
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ class WeightEMA:
             for s, (_, p) in zip(self.shadow, self.named):
                 s.lerp_(_local(p).float(), 1.0 - self.decay)
         self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "names": [n for n, _ in self.named],
+                "shadow": [s.cpu() for s in self.shadow] if self.shadow is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        names = [n for n, _ in self.named]
+        if state["names"] != names:
+            raise ValueError("the saved EMA was kept for other parameters; it cannot continue in this model")
+        self.updates = int(state["updates"])
+        self.shadow = None if state["shadow"] is None else [
+            s.to(_local(p).device) for s, (_, p) in zip(state["shadow"], self.named)]
 
     @contextlib.contextmanager
     @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 
 from mawstron.core import create_vit, load_pretrained
 from mawstron.core.data import DataConfig, build_eval_loader
+from mawstron.core.data.image_folder import align_classes
 from mawstron.core.eval import extract_features, few_shot, linear_probe
 
 from .build import read_checkpoint_weights, split_encoder
@@ -79,10 +80,11 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
     model = load_encoder_from_checkpoint(checkpoint, tag)
     data = DataConfig(source="shards", loader=loader)
     img = model.config.img_size
-    train_x, train_y = extract_features(model, build_eval_loader(data, img_size=img, batch_size=batch_size,
-                                                                 shards=train_shards), pool=pool)
-    test_x, test_y = extract_features(model, build_eval_loader(data, img_size=img, batch_size=batch_size,
-                                                               shards=test_shards), pool=pool)
+    train_loader = build_eval_loader(data, img_size=img, batch_size=batch_size, shards=train_shards)
+    test_loader = build_eval_loader(data, img_size=img, batch_size=batch_size, shards=test_shards)
+    align_classes(train_loader, test_loader)  # ImageFolders: the test split numbered by train's class folders
+    train_x, train_y = extract_features(model, train_loader, pool=pool)
+    test_x, test_y = extract_features(model, test_loader, pool=pool)
     probe = linear_probe(train_x, train_y, test_x, test_y, seed=seed)
     result = {
         "checkpoint": checkpoint,

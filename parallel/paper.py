@@ -24,7 +24,7 @@ from __future__ import annotations
 from mawstron.core import MAEConfig
 from mawstron.core.data import DataConfig
 
-from .config import CheckpointConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
+from .config import CheckpointConfig, FinetuneConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
 
 IG3B_IMAGES = 3_000_000_000
 MAE_GLOBAL_BATCH = 4096
@@ -68,9 +68,11 @@ def wsp_run(name: str, preset: str, micro_batch: int, init_from: str, activation
 # Fine-tuning (MAE's FINETUNE.md in facebookresearch/mae, the recipe MAWS's transfer follows): global batch
 # 1024, base lr 1e-3 (ViT-L/H; 5e-4 for ViT-B) scaled by batch / 256, layer-wise lr decay 0.75 (0.65 for ViT-B),
 # weight decay 0.05, drop path 0.2 (L) / 0.3 (H) / 0.1 (B), 50 epochs (100 for B) with 5 warmup epochs, AdamW
-# betas (0.9, 0.999), label smoothing 0.1, min lr 1e-6.  Not implemented here: mixup 0.8, cutmix 1.0, random
-# erasing 0.25 (MAE's augmentations on top of RandomResizedCrop + flip).  MAWS's released ImageNet-1k models
-# are fine-tuned at higher resolution: set ``model.img_size`` (position embeddings are interpolated).
+# betas (0.9, 0.999), label smoothing 0.1, min lr 1e-6, and on top of RandomResizedCrop + flip: mixup 0.8,
+# cutmix 1.0 (one of the two per batch, switch probability 0.5), random erasing 0.25 (core/augment.py; the
+# ``finetune`` section).  MAE's recipe has no EMA; ``finetune.ema_decay`` adds one (parallel/ema.py).  MAWS's
+# released ImageNet-1k models are fine-tuned at higher resolution: set ``model.img_size`` (position embeddings
+# are interpolated).
 IMAGENET_TRAIN_IMAGES = 1_281_167
 FINETUNE_GLOBAL_BATCH = 1024
 FINETUNE = {  # preset: (base lr, layer decay, drop path, epochs)
@@ -97,4 +99,5 @@ def finetune_run(name: str, preset: str, micro_batch: int, init_from: str, shard
                           log_every=50, label_smoothing=0.1),
         parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
         checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
+        finetune=FinetuneConfig(mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, reprob=0.25),
     )

@@ -26,9 +26,23 @@ import torch
 import torch.distributed as dist
 
 from mawstron.core.data import DataConfig, build_eval_loader
+from mawstron.core.data.image_folder import align_classes
 
+from . import checkpoint as ckpt
 from .ema import WeightEMA
 from .metrics import print_rank0
+
+
+def check_eval_data(eval_cfg) -> None:
+    """ValueError naming the key and the fix when ``eval.test_shards`` / ``eval.train_shards`` name nothing
+    readable (``mawstron train`` calls it before any rank starts)."""
+    from mawstron.core.data.image_folder import is_image_folder
+    from mawstron.core.data.shards import expand_shards
+
+    for key in ("test_shards", "train_shards"):
+        spec = getattr(eval_cfg, key)
+        if spec and not is_image_folder(spec):
+            expand_shards(spec, what=f"eval.{key}")
 
 
 @contextlib.contextmanager
@@ -73,6 +87,8 @@ class PeriodicEval:
         self.rank, self.world = trainer.rank, trainer.world_size
         self.module = trainer.engine.module
         self.ema = WeightEMA(self.module, cfg.finetune.ema_decay) if cfg.finetune.ema_decay else None
+        if self.ema is not None and cfg.checkpoint.resume:
+            self._resume_ema()
         self.enabled = bool(cfg.eval.test_shards)
         if self.enabled:
             data = DataConfig(source="shards", loader="torch", validate=cfg.data.validate,
@@ -84,14 +100,42 @@ class PeriodicEval:
 
             self.test = loader(cfg.eval.test_shards)
             self.memory = loader(cfg.eval.train_shards) if cfg.train.stage != "finetune" else None
+            if self.memory is not None:
+                align_classes(self.memory, self.test)
+            elif hasattr(trainer.loader, "classes"):  # fine-tuning on an ImageFolder: the head's numbering
+                align_classes(trainer.loader, self.test)
 
     def due(self, step: int) -> bool:
         every = self.cfg.eval.every_steps
         return self.enabled and ((every and step % every == 0) or step == self.cfg.train.steps)
 
+    def _ema_path(self, step: int) -> str:
+        return os.path.join(self.cfg.checkpoint_dir, ckpt.tag_for_step(step), f"ema_rank{self.rank}.pt")
+
+    def _resume_ema(self) -> None:
+        tag = ckpt.resolve_tag(self.cfg.checkpoint_dir)
+        step = ckpt.read_marker(self.cfg.checkpoint_dir, tag)["step"]
+        path = self._ema_path(step)
+        if os.path.isfile(path):
+            self.ema.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            print_rank0(self.rank, f"[mawstron] EMA resumed ({self.ema.updates} updates)")
+        else:
+            print_rank0(self.rank, f"[mawstron] {tag} holds no EMA; the average restarts from the resumed weights")
+
+    def save_ema(self, step: int) -> None:
+        """This rank's EMA partitions beside the checkpoint of ``step`` (written before the engine's save, in the
+        same folder, so that pruning old checkpoints removes it too)."""
+        path = self._ema_path(step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(self.ema.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
+
     def after_step(self, step: int, metrics) -> None:
         if self.ema is not None:
             self.ema.update()
+            every = self.cfg.checkpoint.every_steps
+            if (every and step % every == 0) or step == self.cfg.train.steps:  # the trainer's save steps
+                self.save_ema(step)
         if self.due(step):
             start = time.perf_counter()
             record = {"step": step, **self.evaluate()}
@@ -150,7 +194,9 @@ class PeriodicEval:
             for logits, y in zip(outputs, labels):
                 top1, top5 = topk_correct(logits, y)
                 counts += torch.tensor([top1, top5, len(y)], dtype=torch.float64)
+            counts = counts.to(self.trainer.device)  # NCCL reduces device tensors only
             dist.all_reduce(counts)
+            counts = counts.cpu()
             return {"eval_top1": counts[0].item() / counts[2].item(), "eval_top5": counts[1].item() / counts[2].item(),
                     "eval_images": int(counts[2])}
         features = self._features

@@ -46,6 +46,8 @@ def test_finetune_mixup_ema_and_periodic_eval(tmp_path):
     ckpt = os.path.join(run_dir, "checkpoints")
     weights = [read_zero_checkpoint(ckpt, tag_for_step(s)) for s in range(1, STEPS + 1)]
     ema = load_file(os.path.join(run_dir, "ema.safetensors"))
+    for step in range(1, STEPS + 1):  # each rank's partitions of the average, beside every checkpoint
+        assert all(os.path.isfile(os.path.join(ckpt, tag_for_step(step), f"ema_rank{r}.pt")) for r in (0, 1))
     assert set(ema) == {k for k in weights[-1] if weights[-1][k].dtype.is_floating_point}
     assert ema["head.weight"].shape[0] == len(classes)
     moved = 0

@@ -2,6 +2,7 @@
 evaluation arithmetic used during training."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -77,12 +78,18 @@ def test_random_erasing_fills_one_rectangle_with_noise():
 
 
 def test_regularize_follows_the_run_config():
-    cfg = apply_overrides(RunConfig(), assignments=["train.stage=finetune", "train.label_smoothing=0.1",
-                                                    "finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.reprob=0.25"])
+    cfg = apply_overrides(RunConfig(), assignments=[
+        "train.stage=finetune", "train.label_smoothing=0.1", "finetune.mixup=0.8", "finetune.cutmix=1.0",
+        "finetune.reprob=0.25"])
     torch.manual_seed(1)
     images, targets = regularize(torch.randn(8, 3, 8, 8), one_hot(list(range(8)), 10), cfg)
     assert targets.shape == (8, 10) and (targets > 0).all()  # smoothed and mixed
     torch.testing.assert_close(targets.sum(1), torch.ones(8))
+    wsp = apply_overrides(RunConfig(), assignments=["train.stage=wsp", "train.label_smoothing=0.1"])
+    multi_hot = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    wsp_images, wsp_targets = regularize(torch.ones(2, 3, 4, 4), multi_hot, wsp)
+    assert torch.equal(wsp_images, torch.ones(2, 3, 4, 4))  # WSP: smoothing only, no-tag rows stay empty
+    torch.testing.assert_close(wsp_targets, torch.tensor([[0.475, 0.475, 0.025, 0.025], [0.0, 0.0, 0.0, 0.0]]))
     with pytest.raises(ConfigError, match="finetune only"):
         apply_overrides(RunConfig(), assignments=["finetune.mixup=0.8"])  # an MAE run
     with pytest.raises(ConfigError, match="ema_decay"):
@@ -123,3 +130,82 @@ def test_topk_and_knn():
     assert knn_top1(train_x, train_y, test_x, test_y, k=5) == 1.0
     assert knn_top1(train_x, train_y[torch.randperm(40, generator=g)], test_x, test_y, k=5) < 0.8
     assert math.isclose(knn_top1(train_x, train_y, test_x, (test_y + 1) % 4, k=5), 0.0)
+
+
+def test_knn_monitor_of_an_mae_encoder_and_the_split_of_work_between_ranks(tmp_path):
+    """The pre-training monitor end to end on one process (a gloo group of one): features through the module's
+    __call__ (as ZeRO-3 needs), k-NN over an ImageFolder memory; then each rank's share of the batches."""
+    import types
+
+    import torch.distributed as dist
+
+    from folder_helpers import make_image_folder
+    from mawstron.core import MAEConfig, create_mae
+    from mawstron.parallel.periodic_eval import PeriodicEval
+
+    root = str(tmp_path / "images")
+    make_image_folder(root, images=22)
+    cfg = apply_overrides(RunConfig(), assignments=["model.preset=vit_micro", f"eval.train_shards={root}",
+                                                    f"eval.test_shards={root}", "eval.batch_size=4",
+                                                    "eval.knn_k=1", "train.steps=10", "eval.every_steps=4"])
+    model = create_mae("vit_micro", mae=MAEConfig(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2))
+    trainer = types.SimpleNamespace(cfg=cfg, rank=0, world_size=1, engine=types.SimpleNamespace(module=model),
+                                    vit_config=model.config, device=torch.device("cpu"), dtype=torch.float32)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        evaluator = PeriodicEval(trainer)
+        result = evaluator.evaluate()
+    finally:
+        dist.destroy_process_group()
+    # the memory is the query set: each image's nearest neighbour is itself
+    assert result == {"eval_knn_top1": 1.0, "eval_images": 22, "eval_memory_images": 22}
+    assert model.training and "forward" not in vars(model)  # mode and forward restored
+    assert [evaluator.due(s) for s in (3, 4, 8, 10)] == [False, True, True, True]
+    # 22 images in batches of 4 = 6 batches; on 4 ranks every rank runs 2 rounds, ranks 2 and 3 pad their second
+    evaluator.world = 4
+    shares = []
+    for rank in range(4):
+        evaluator.rank = rank
+        shares.append([(len(y), real) for _, y, real in evaluator._my_batches(evaluator.test)])
+    assert shares == [[(4, True), (4, True)], [(4, True), (2, True)], [(4, True), (4, False)],
+                      [(4, True), (4, False)]]
+
+
+def test_train_refuses_missing_evaluation_data_before_launch(tmp_path, capsys):
+    import os
+
+    from mawstron.cli.main import main
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "vit_tiny_mae.py")
+    missing = str(tmp_path / "nope-*.tar")
+    assert main(["train", recipe, "--set", f"eval.test_shards={missing}", "--set", f"eval.train_shards={missing}",
+                 "--set", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.test_shards" in err and "nope-*.tar" in err and "\n" not in err.strip()
+
+
+def test_ema_is_saved_with_checkpoints_and_resumed(tmp_path):
+    import types
+
+    from mawstron.parallel import checkpoint as ckpt
+    from mawstron.parallel.periodic_eval import PeriodicEval
+
+    cfg = apply_overrides(RunConfig(), assignments=["train.stage=finetune", "finetune.ema_decay=0.5",
+                                                    "train.steps=4", "checkpoint.every_steps=2",
+                                                    f"output_dir={tmp_path}"])
+    model = torch.nn.Linear(2, 2)
+    trainer = types.SimpleNamespace(cfg=cfg, rank=0, world_size=1, engine=types.SimpleNamespace(module=model))
+    first = PeriodicEval(trainer)
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        first.after_step(step, metrics=None)
+    saved = os.path.join(cfg.checkpoint_dir, ckpt.tag_for_step(2), "ema_rank0.pt")
+    assert os.path.isfile(saved) and not os.path.exists(saved.replace("00000002", "00000003"))
+    ckpt.finalize(cfg.checkpoint_dir, ckpt.tag_for_step(2), 2, {}, keep_last=2, world_size=1)
+    state = torch.load(saved, weights_only=True)
+    resumed = PeriodicEval(types.SimpleNamespace(cfg=apply_overrides(cfg, assignments=["checkpoint.resume=true"]),
+                                                 rank=0, world_size=1, engine=types.SimpleNamespace(module=model)))
+    assert resumed.ema.updates == 2 and torch.equal(resumed.ema.shadow[0], state["shadow"][0])
+    with pytest.raises(ValueError, match="other parameters"):
+        WeightEMA(torch.nn.Linear(2, 3, bias=False), 0.5).load_state_dict(state)

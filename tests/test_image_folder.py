@@ -148,3 +148,41 @@ def test_eval_tag_accepts_a_step_or_a_tag_and_lists_the_choices(tmp_path):
         checkpoint_tag(str(ckpt), "12")
     with pytest.raises(ValueError, match="checkpoints/ folder"):
         checkpoint_tag(str(tmp_path), "4")
+
+
+def test_features_and_show_mae_read_shards_too(tmp_path):
+    from data_helpers import make_collection
+
+    data = str(tmp_path / "data")
+    make_collection(data, images=8, shard_size=8, eval_images=6)
+    torch.manual_seed(0)
+    weights = str(tmp_path / "micro.safetensors")
+    save_file(create_vit("vit_micro").state_dict(), weights,
+              metadata={"model": json.dumps(dataclasses.asdict(ModelConfig("vit_micro")))})
+    out = str(tmp_path / "f.npy")
+    assert main(["features", "--checkpoint", weights, "--images", f"{data}/train-*.tar", "--out", out]) == 0
+    index = json.load(open(str(tmp_path / "f.json")))
+    assert np.load(out).shape == (8, 64) and "labels" not in index
+    assert index["images"][0] == "train-000000.tar:000000000"
+    assert main(["features", "--checkpoint", weights, "--images", f"{data}/eval-test-*.tar", "--out", out]) == 0
+    assert len(json.load(open(str(tmp_path / "f.json")))["labels"]) == 6
+
+
+def test_a_val_folder_with_fewer_classes_keeps_the_training_numbering(folder, tmp_path):
+    from mawstron.core.data.image_folder import align_classes
+
+    root, counts = folder
+    last = sorted(counts)[-1]
+    val = tmp_path / "val" / last
+    val.mkdir(parents=True)
+    src = os.path.join(root, last, sorted(os.listdir(os.path.join(root, last)))[0])
+    Image.open(src).save(val / "x.jpg")
+    train = build_eval_loader(DataConfig(), img_size=32, batch_size=4, shards=root)
+    test = build_eval_loader(DataConfig(), img_size=32, batch_size=4, shards=str(tmp_path / "val"))
+    assert next(iter(test))["labels"].tolist() == [0]  # alone, the folder's only class is class 0
+    align_classes(train, test)
+    assert next(iter(test))["labels"].tolist() == [len(counts) - 1]
+    (tmp_path / "val" / "zebra").mkdir()
+    Image.open(src).save(tmp_path / "val" / "zebra" / "y.jpg")
+    with pytest.raises(ValueError, match="zebra"):
+        align_classes(train, build_eval_loader(DataConfig(), img_size=32, batch_size=4, shards=str(tmp_path / "val")))

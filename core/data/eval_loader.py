@@ -46,6 +46,8 @@ class EvalLoader:
     def __len__(self):
         return -(-self.num_images // self.batch_size)
 
+    require_labels = True  # False: unlabelled samples get label -1 (pictures, feature extraction)
+
     def items(self) -> list:
         """Every usable sample as ``(shard path, Sample)``, in order (for callers that split the work)."""
         return [(ix.path, s) for ix in self.indexes for s in ix.samples]
@@ -56,7 +58,10 @@ class EvalLoader:
             f.seek(s.meta[0])
             label = parse_meta(f.read(s.meta[1]), s.meta_ext).get("label")
             if not isinstance(label, int):
-                raise ValueError(f"{path}: sample {s.key} has no json 'label'; evaluation needs labelled shards")
+                if not self.require_labels:
+                    label = -1
+                else:
+                    raise ValueError(f"{path}: sample {s.key} has no json 'label'; evaluation needs labelled shards")
             f.seek(s.image[0])
             return eval_transform(f.read(s.image[1]), self.img_size), label
 
@@ -67,7 +72,9 @@ class EvalLoader:
                 for s in ix.samples:
                     f.seek(s.meta[0])
                     label = parse_meta(f.read(s.meta[1]), s.meta_ext).get("label")
-                    if not isinstance(label, int):
+                    if not isinstance(label, int) and not self.require_labels:
+                        label = -1
+                    elif not isinstance(label, int):
                         raise ValueError(f"{ix.path}: sample {s.key} has no json 'label'; evaluation needs labelled "
                                          f"shards (eval-train-*.tar / eval-test-*.tar from `mawstron data synth`)")
                     f.seek(s.image[0])

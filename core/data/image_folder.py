@@ -63,6 +63,16 @@ class ImageFolderEvalLoader:
     def __len__(self):
         return -(-self.num_images // self.batch_size)
 
+    def use_classes(self, classes: list[str]) -> None:
+        """Number labels by another split's class list (a val folder may lack some of train's classes, which
+        would shift every label after the gap); ValueError for a class the list does not have."""
+        unknown = sorted(set(self.classes) - set(classes))
+        if unknown:
+            raise ValueError(f"classes {unknown[:5]} are not in the training split's class folders")
+        index = {name: i for i, name in enumerate(classes)}
+        self.samples = [(path, index[os.path.basename(os.path.dirname(path))]) for path, _ in self.samples]
+        self.classes = list(classes)
+
     def items(self) -> list:
         return list(self.samples)
 
@@ -196,12 +206,26 @@ class ImageListLoader:
         return list(self.samples)
 
 
+def align_classes(train_loader, test_loader) -> None:
+    """Give an ImageFolder test split the training split's class numbering (no-op for shards)."""
+    if hasattr(train_loader, "classes") and hasattr(test_loader, "use_classes"):
+        test_loader.use_classes(train_loader.classes)
+
+
 def image_loader(path: str, *, img_size: int, batch_size: int):
-    """An ImageFolder's evaluation loader (labels from class subfolders) or, for a plain folder of images, an
-    unlabelled one; ValueError naming ``path`` when it holds neither."""
+    """An ImageFolder's evaluation loader (labels from class subfolders), an unlabelled one for a plain folder of
+    images, or the images of webdataset shards (a glob or brace pattern; json ``label`` if present); ValueError
+    naming ``path`` when it holds none of these."""
     if is_image_folder(path):
         return ImageFolderEvalLoader(path, img_size=img_size, batch_size=batch_size)
     if os.path.isdir(path) and list_images(path):
         return ImageListLoader(list_images(path), img_size=img_size, batch_size=batch_size)
-    raise ValueError(f"--images {path!r} holds no image: give a folder of images or an ImageFolder "
-                     f"(ROOT/<class>/<image>) with {', '.join(IMAGE_SUFFIXES)} files")
+    if not os.path.isdir(path) and (path.endswith(".tar") or "*" in path or "{" in path or "," in path):
+        from . import DataConfig
+        from .eval_loader import EvalLoader
+
+        loader = EvalLoader(DataConfig(), img_size=img_size, batch_size=batch_size, shards=path)
+        loader.require_labels = False
+        return loader
+    raise ValueError(f"--images {path!r} holds no image: give a folder of images, an ImageFolder "
+                     f"(ROOT/<class>/<image>) with {', '.join(IMAGE_SUFFIXES)} files, or webdataset shards")
