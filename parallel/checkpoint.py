@@ -37,7 +37,7 @@ RUN_CONFIG = "run_config.json"
 MANIFEST = "MANIFEST.json"
 UNIVERSAL = "universal"
 _TAG = re.compile(r"^step_(\d{8})$")
-_RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
+_RANK_FILE = re.compile(r"(?:zero_pp_rank_(\d+)_|ema_rank(\d+)\.)")  # DeepSpeed's shards, the weight EMA's
 _HASH_CHUNK = 16 << 20
 
 
@@ -86,7 +86,7 @@ def rank_file_digests(ckpt_dir: str, tag: str, rank: int) -> dict[str, dict]:
         if not os.path.isfile(path) or name in (COMPLETE, MANIFEST, RUN_CONFIG) or ".tmp." in name:
             continue
         owner = _RANK_FILE.search(name)
-        if (int(owner.group(1)) if owner else 0) == rank:
+        if (int(owner.group(1) or owner.group(2)) if owner else 0) == rank:
             out[name] = file_digest(path)
     return out
 

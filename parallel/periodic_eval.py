@@ -124,7 +124,9 @@ class PeriodicEval:
 
     def save_ema(self, step: int) -> None:
         """This rank's EMA partitions beside the checkpoint of ``step`` (written before the engine's save, in the
-        same folder, so that pruning old checkpoints removes it too)."""
+        same folder, so that pruning old checkpoints removes it too, and covered by the checkpoint's manifest)."""
+        if self.ema is None:
+            return
         path = self._ema_path(step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         torch.save(self.ema.state_dict(), path + ".tmp")
@@ -132,10 +134,7 @@ class PeriodicEval:
 
     def after_step(self, step: int, metrics) -> None:
         if self.ema is not None:
-            self.ema.update()
-            every = self.cfg.checkpoint.every_steps
-            if (every and step % every == 0) or step == self.cfg.train.steps:  # the trainer's save steps
-                self.save_ema(step)
+            self.ema.update()  # saved by Trainer.save, beside every checkpoint (periodic, final or on a signal)
         if self.due(step):
             start = time.perf_counter()
             record = {"step": step, **self.evaluate()}

@@ -275,6 +275,9 @@ class Trainer:
             # whole: stale shards of another world size must not mix with the new ones
             ckpt.discard(ckpt_dir, tag)
         dist.barrier()
+        evaluator = getattr(self, "evaluator", None)
+        if evaluator is not None:
+            evaluator.save_ema(self.step)
         client_state = {"step": self.step, "data": self.loader.state_dict(), "rng": ckpt.rng_state()}
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
         # each rank checksums its own shards (in parallel); gathering them is also the barrier after which every
@@ -300,7 +303,7 @@ class Trainer:
         reported_partition = False
         self.status.start_step = self.step
         self.status.update(state="running", step=self.step, last_checkpoint=self.last_checkpoint)
-        evaluator = PeriodicEval(self)  # weight EMA and evaluation during training
+        self.evaluator = evaluator = PeriodicEval(self)  # weight EMA and evaluation during training
         try:
             with PreemptionHandler() as preemption:
                 while self.step < cfg.train.steps:

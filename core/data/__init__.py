@@ -61,11 +61,12 @@ def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batc
         return SyntheticLoader(img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
                                seed=seed, with_targets=stage == "wsp")
     kwargs = dict(stage=stage, img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
-                  seed=seed, tokenizer=tokenizer)
-    if cfg.source == "folder":
+                  seed=seed)
+    if cfg.source == "folder":  # labels only (fine-tuning): no captions to tokenize
         from .image_folder import ImageFolderTrainLoader
 
         return ImageFolderTrainLoader(cfg.shards, num_workers=cfg.num_workers, **kwargs)
+    kwargs["tokenizer"] = tokenizer
     if cfg.loader == "dali":
         from .dali import DaliShardLoader
 
