@@ -200,6 +200,8 @@ def test_ema_is_saved_with_checkpoints_and_resumed(tmp_path):
         with torch.no_grad():
             model.weight.add_(1.0)
         first.after_step(step, metrics=None)
+        if step == 2:  # a save step: Trainer.save writes the EMA beside the engine's shards
+            first.save_ema(step)
     saved = os.path.join(cfg.checkpoint_dir, ckpt.tag_for_step(2), "ema_rank0.pt")
     assert os.path.isfile(saved) and not os.path.exists(saved.replace("00000002", "00000003"))
     ckpt.finalize(cfg.checkpoint_dir, ckpt.tag_for_step(2), 2, {}, keep_last=2, world_size=1)
