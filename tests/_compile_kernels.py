@@ -6,6 +6,7 @@ run (``wgmma.mma_async``, Hopper's tensor-core path, or ``mma.sync``, the Ampere
 
     python tests/_compile_kernels.py              # bf16, a representative subset of shapes (what CI runs)
     python tests/_compile_kernels.py --full       # every preset (N, D) x bf16/fp16 (+ fp32 kernels), both schedules
+    python tests/_compile_kernels.py --quick      # the attention kernels of one shape (gpu_check.sh --dry-run)
     python tests/_compile_kernels.py --json F     # also write every compiled kernel's PTX counts to F
     python tests/_compile_kernels.py --table      # every entry of kernels/attention_configs.json, for its GPU,
                                                   # failing if its shared memory exceeds that GPU's limit
@@ -48,6 +49,7 @@ PRESET_SHAPES = (
     ("vit_6.5b14", 32, 128, (65, 257, 1370)),
 )
 CI_SHAPES = ((16, 64, 197), (32, 80, 257), (32, 128, 1370))  # (heads, D, N): one per head dim
+QUICK_SHAPE = (32, 80, 257)  # --quick (gpu_check.sh --dry-run): the attention kernels of one shape
 BATCH = 32  # the training micro-batch order of magnitude: picks the fused backward (B*H >= 2 x 132 SMs)
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # usable shared memory per block (bytes), by compute capability: what a kernel's metadata.shared must fit
@@ -139,11 +141,13 @@ def ptx_counts(kernel):
             "shared_bytes": kernel.metadata.shared}
 
 
-def jobs(full):
+def jobs(full, quick=False):
     """(label, group, thunk): attention first (deduplicated by what is compiled), then the other kernels."""
     seen = set()
     dtypes = ("bf16", "fp16") if full else ("bf16",)
     shapes = [(h, d, n) for _, h, d, ns in PRESET_SHAPES for n in ns] if full else list(CI_SHAPES)
+    if quick:
+        shapes = [QUICK_SHAPE]
     for dt in dtypes:
         for heads, d, n in shapes:
             args = packed_attention_args(dt, BATCH, heads, n, d)
@@ -157,6 +161,8 @@ def jobs(full):
                                                                                {**consts, **opts}.items()
                                                                                if k.startswith(("BLOCK", "num")))
                 yield label, "attention", (lambda fn=fn, a=args, c=consts, o=opts: compile_kernel(fn, a, c, **o))
+    if quick:
+        return
     for dt in ("fp16", "bf16", "fp32") if full else ("bf16",):
         if full and dt == "fp32":  # fp32 attention: correctness path only (no tensor cores), compiled once
             args = packed_attention_args(dt, 2, 16, 257, 80)
@@ -217,6 +223,7 @@ def table_jobs(dtypes=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="every preset shape, bf16 and fp16, plus fp32")
+    parser.add_argument("--quick", action="store_true", help="attention kernels of one shape only (bf16, D80)")
     parser.add_argument("--table", action="store_true", help="compile every entry of the config table")
     parser.add_argument("--dtype", action="append", choices=("bf16", "fp16", "fp32"),
                         help="with --table: only the entries of this dtype (repeatable)")
@@ -226,7 +233,7 @@ def main(argv=None):
     if args.table:
         work = list(table_jobs(args.dtype))
     else:
-        work = [(label, group, thunk) for label, group, thunk in jobs(args.full)]
+        work = list(jobs(args.full, args.quick))
     for label, group, thunk in work:
         try:
             kernel = thunk()
