@@ -158,7 +158,8 @@ def bench_shape(preset, b, h, n, d, dtype, args):
     return row
 
 
-def gpu_sweep(args):
+def gpu_sweep(args, save=lambda rows: None):
+    """Every preset shape; ``save(rows)`` after each, so a run stopped at a time budget keeps what finished."""
     dtype = DTYPES[args.dtype]
     rows = []
     for preset, h, d, seqs in PRESET_SHAPES:
@@ -168,6 +169,7 @@ def gpu_sweep(args):
             b = max(1, round(args.tokens / (h * n)))
             row = bench_shape(preset, b, h, n, d, dtype, args)
             rows.append(row)
+            save(rows)
             t = row["backends"]
             print(f"{preset:11s} B={b:4d} H={h:2d} N={n:5d} D={d:3d}  " + "  ".join(
                 f"{k}: {v['fwd_tflops']:.0f}/{v['bwd_tflops']:.0f}/{v['fwd_bwd_tflops']:.0f}"
@@ -220,9 +222,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     result = {"benchmark": "attention", **bc.metadata()}
     if bc.HAS_CUDA:
-        rows = gpu_sweep(args)
         result.update(dtype=args.dtype, tokens=args.tokens, timer="triton.testing.do_bench (median, L2 flushed)",
-                      flops="fwd 4*B*H*N^2*D, bwd 2.5x fwd", layout="packed qkv [B, N, 3HD] -> [B, N, HD]", rows=rows)
+                      flops="fwd 4*B*H*N^2*D, bwd 2.5x fwd", layout="packed qkv [B, N, 3HD] -> [B, N, HD]")
+        rows = gpu_sweep(args, save=lambda rows: bc.write_json(dict(result, rows=rows, complete=False), args.out,
+                                                               "attention"))
+        result.update(rows=rows, complete=True)
         ok = all(r["backends"]["triton_packed"].get("ok") for r in rows)
     else:
         print(bc.CPU_NOTE)
