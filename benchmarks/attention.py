@@ -107,7 +107,8 @@ def check(fn, b, h, n, d, dtype, device, seed=0) -> dict:
     ref = reference(ref_in, h, scale)
     (ref_dqkv,) = torch.autograd.grad(ref, ref_in, dout.float())
     errs = {"out": relative_error(out, ref)}
-    for name, got, want in zip(("dq", "dk", "dv"), dqkv.view(b, n, 3, -1).unbind(2), ref_dqkv.view(b, n, 3, -1).unbind(2)):
+    grads = zip(dqkv.view(b, n, 3, -1).unbind(2), ref_dqkv.view(b, n, 3, -1).unbind(2))
+    for name, (got, want) in zip(("dq", "dk", "dv"), grads):
         errs[name] = relative_error(got, want)
     return dict(check_batch=b, rel_err_vs_fp32=errs, ok=all(e <= CHECK_TOL[dtype] for e in errs.values()))
 

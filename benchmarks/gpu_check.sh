@@ -120,7 +120,7 @@ part kernels_bench 30 "$PY" benchmarks/kernels.py --out "$OUT/kernels-bf16.json"
 
 if have deepspeed; then
   launch() {  # one rank on this GPU, without the deepspeed launcher's ssh/pdsh machinery
-    env RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29517} "$@"
+    env RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$(( 20000 + RANDOM % 20000 )) "$@"
   }
   for stage in mae wsp; do
     for impl in triton reference; do

@@ -9,13 +9,14 @@ Per op and shape: median milliseconds (``triton.testing.do_bench``: L2 flushed, 
 forward alone and of the backward alone (``torch.autograd.grad`` of a retained graph with a precomputed output
 gradient, so nothing but the op's own kernels is timed) for ``triton`` and ``reference`` (the plain-PyTorch op
 in kernels/ops.py), GB/s of the minimum traffic (every input read once, every output written once), and that as
-a fraction of ``copy_gbs``, the measured ``torch.empty_like(x).copy_(x)`` bandwidth.  Without CUDA: interpreter correctness on tiny shapes, JSON
-written with ``timings: null``, exit 0.
+a fraction of ``copy_gbs``, the measured ``torch.empty_like(x).copy_(x)`` bandwidth.  Without CUDA: interpreter
+correctness on tiny shapes, JSON written with ``timings: null``, exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import _bench_common as bc  # noqa: I001  (sets TRITON_INTERPRET=1 without CUDA, before the kernels load)
@@ -95,6 +96,8 @@ def _loss(out):
 def gpu_sweep(args, copy_gbs):
     dtype = DTYPES[args.dtype]
     rows = []
+    # the kernels alone: the masking ops' id check (a sort and a host sync per call) is off while timing
+    os.environ["MAWSTRON_CHECK_IDS"] = "0"
     for op, preset, b, length, d in gpu_cases():
         diff, call, fwd_bytes, fb_bytes = make_case(op, b, length, d, dtype, "cuda")
         bwd_bytes = fb_bytes - fwd_bytes
@@ -172,7 +175,8 @@ def main(argv=None):
     if bc.HAS_CUDA:
         copy_gbs = bc.copy_bandwidth_gbs(dtype=DTYPES[args.dtype])
         print(f"copy bandwidth (empty_like(x).copy_(x)): {copy_gbs:.0f} GB/s")
-        result.update(dtype=args.dtype, timer="triton.testing.do_bench (median, L2 flushed)", copy_gbs=copy_gbs, rows=gpu_sweep(args, copy_gbs))
+        result.update(dtype=args.dtype, timer="triton.testing.do_bench (median, L2 flushed)", ids_check="off",
+                      copy_gbs=copy_gbs, rows=gpu_sweep(args, copy_gbs))
         ok = True
     else:
         print(bc.CPU_NOTE)
