@@ -131,9 +131,12 @@ def test_bad_inputs_name_the_argument():
 
 @requires_cuda
 class TestBF16:
+    @pytest.mark.parametrize("mode", ("fused", "split"))
     @pytest.mark.parametrize("n", SEQS)
     @pytest.mark.parametrize("d", HEAD_DIMS)
-    def test_flash_attention_bf16(self, n, d):
+    def test_flash_attention_bf16(self, n, d, mode, monkeypatch):
+        # both backward schedules: at this small batch * heads the launcher alone would always pick split
+        monkeypatch.setenv("MAWSTRON_ATTENTION_BWD", mode)
         _check_bhnd(n, d, torch.bfloat16, heads=4, batch=2)
 
     def test_packed_bf16(self):
