@@ -174,7 +174,9 @@ def test_launch_configs_table_and_head_dim_split(monkeypatch, tmp_path):
     try:
         cfg = cfgs.lookup((9, 0), torch.bfloat16, 1370, 80)
         assert cfg["fwd"]["BLOCK_N"] == 128 and cfg["fwd"]["BLOCK_M"] == 128 and cfg["source"] == "test"
-        assert cfgs.backward_mode(cfg, 4, 132) == "split"
+        assert cfgs.backward_mode(cfg, 4, 132) == "split" and cfgs.backward_mode(cfg, 4096, 132) == "split"
+        fused_cfg = dict(cfg, bwd_mode="fused")
+        assert cfgs.backward_mode(fused_cfg, 132, 132) == "fused" and cfgs.backward_mode(fused_cfg, 64, 132) == "split"
         other = cfgs.lookup((9, 0), torch.bfloat16, 197, 64)  # not in this table: the heuristic
         assert other["source"] == "heuristic" and other["bwd_mode"] is None
         assert cfgs.backward_mode(other, 4, 132) == "split" and cfgs.backward_mode(other, 1024, 132) == "fused"
