@@ -100,7 +100,8 @@ def packed_attention_args(dt, batch, heads, n, d):
     for prefix, strides in (("sq", qkv), ("sk", qkv), ("sv", qkv), ("sdq", qkv), ("sdk", qkv), ("sdv", qkv),
                             ("so", out), ("sd", out)):
         args |= dict(zip((prefix + s for s in "bhnd"), strides))
-    return args | dict(H=heads, N=n, D=d, qk_scale=0.1, sm_scale=0.1)
+    d0, d1 = CFG.head_dim_split(d)
+    return args | dict(H=heads, N=n, D=d, qk_scale=0.1, sm_scale=0.1, dq_row=d0 + d1)
 
 
 def attention_jobs(dt, batch, heads, n, d, capability=(9, 0), modes=("fused", "split"), plan_cfg=None):
