@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 
 import torch
@@ -63,26 +62,10 @@ def metadata() -> dict:
     }
 
 
-def cuda_time_ms(fn, warmup: int = 5, reps: int = 30) -> float:
-    """Median over ``reps`` runs of ``fn`` timed with CUDA events (each run its own event pair)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def copy_bandwidth_gbs(numel: int = 1 << 28, dtype=torch.bfloat16) -> float:
     """Measured device copy bandwidth: ``torch.empty_like(x).copy_(x)``, read + write bytes per second."""
     x = torch.randn(numel, device="cuda").to(dtype)
-    ms = cuda_time_ms(lambda: torch.empty_like(x).copy_(x))
+    ms = do_bench_ms(lambda: torch.empty_like(x).copy_(x))
     return 2 * x.numel() * x.element_size() / ms / 1e6
 
 
@@ -90,8 +73,15 @@ def max_err(a, b) -> float:
     return float((a.detach().double() - b.detach().double()).abs().max())
 
 
+def do_bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median ms of ``fn`` by ``triton.testing.do_bench``: L2 flushed before each run, no per-run sync."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
 def write_json(result: dict, out: str | None, prefix: str) -> str:
-    # ad-hoc runs stay out of the repository; committed results are regenerated with --out benchmarks/results/...
+    """Default: runs/benchmarks/ (ignored by git); committed results go to benchmarks/results/ via ``--out``."""
     path = out or os.path.join(REPO, "runs", "benchmarks", f"{prefix}-{device_slug()}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

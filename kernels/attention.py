@@ -111,19 +111,20 @@ def _backward(q, k, v, o, do, lse, dq, dk, dv, scale):
     )
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     if plan["mode"] == "fused":
-        # float32 dQ rows [B*H, N, D0 + D1], owned by one program each; zeroed, then cast into dq's layout
-        dq_acc = torch.zeros((b * h, n, head["D0"] + head["D1"]), dtype=torch.float32, device=q.device)
+        # float32 dQ rows [B*H, N, D0 (+ D1)], owned by one program each; zeroed, then cast into dq's layout
+        width = head["D0"] + (head["D1"] if head["HAS_TAIL"] else 0)
+        dq_acc = torch.zeros((b * h, n, width), dtype=torch.float32, device=q.device)
         blocks, opts = _split_cfg(plan["cfg"]["bwd_fused"])
         _attn_bwd_dkdv_kernel[(1, b * h)](
             q, k, v, do, lse, delta, dk, dv, dq_acc, *common, *_strides(dk), *_strides(dv),
-            h, n, d, scale, scale * LOG2E, FUSE_DQ=True, PRECISION=prec, **head, **blocks, **opts,
+            h, n, d, scale, scale * LOG2E, width, FUSE_DQ=True, PRECISION=prec, **head, **blocks, **opts,
         )
         dq.copy_(dq_acc[..., :d].view(b, h, n, d))
         return
     blocks, opts = _split_cfg(plan["cfg"]["bwd_kv"])
     _attn_bwd_dkdv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]), b * h)](
         q, k, v, do, lse, delta, dk, dv, delta, *common, *_strides(dk), *_strides(dv),
-        h, n, d, scale, scale * LOG2E, FUSE_DQ=False, PRECISION=prec, **head, **blocks, **opts,
+        h, n, d, scale, scale * LOG2E, 0, FUSE_DQ=False, PRECISION=prec, **head, **blocks, **opts,
     )
     blocks, opts = _split_cfg(plan["cfg"]["bwd_q"])
     _attn_bwd_dq_kernel[(triton.cdiv(n, blocks["BLOCK_M"]), b * h)](

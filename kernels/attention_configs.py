@@ -121,6 +121,8 @@ def lookup(capability, dtype, n: int, d: int) -> dict:
 def backward_mode(cfg: dict, batch_heads: int, sm_count: int) -> str:
     """fused (5 matmuls) unless batch * heads is too small to fill the GPU with one program per (batch, head).
 
+    A table entry's schedule is kept, except a tuned ``fused`` when batch * heads is below the SM count.
+
     ``MAWSTRON_ATTENTION_BWD=fused|split`` overrides (tests run both schedules; the tuner times both).
     """
     forced = os.environ.get("MAWSTRON_ATTENTION_BWD")
@@ -128,8 +130,8 @@ def backward_mode(cfg: dict, batch_heads: int, sm_count: int) -> str:
         if forced not in MODES:
             raise ValueError(f"MAWSTRON_ATTENTION_BWD={forced!r}: expected one of {MODES}")
         return forced
-    if cfg.get("bwd_mode") in MODES:
-        return cfg["bwd_mode"]
     if interpreting():
-        return "fused"
+        return cfg.get("bwd_mode") or "fused"
+    if cfg.get("bwd_mode") == "split" or (cfg.get("bwd_mode") == "fused" and batch_heads >= sm_count):
+        return cfg["bwd_mode"]  # tuned at a training batch; fused below one (batch, head) per SM would idle SMs
     return "fused" if batch_heads >= 2 * sm_count else "split"

@@ -176,7 +176,7 @@ def _attn_bwd_preprocess_kernel(
 @triton.jit
 def _bwd_query_step(dk0, dk1, dv0, dv1, k0, k1, v0, v1, mask_n,
                     q_base, do_base, lse_base, delta_base, dq_base, start_m, offs_m, d0, d1, mask_d0, mask_d1,
-                    sqn, sqd, sdn, sdd, N, sm_scale, qk_scale,
+                    sqn, sqd, sdn, sdd, N, sm_scale, qk_scale, dq_row,
                     MASK_M: tl.constexpr, MASK_N: tl.constexpr, FUSE_DQ: tl.constexpr, D0: tl.constexpr,
                     D1: tl.constexpr, HAS_TAIL: tl.constexpr, MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
                     PRECISION: tl.constexpr):
@@ -215,11 +215,11 @@ def _bwd_query_step(dk0, dk1, dv0, dv1, k0, k1, v0, v1, mask_n,
         # this program owns every key block of its (batch, head): read-modify-write of the float32 dQ rows,
         # ordered across key blocks by the barrier in the caller; M = the query block here
         ds = tl.trans(dst)
-        dq_ptrs0 = dq_base + rows[:, None] * (D0 + D1) + d0[None, :]
+        dq_ptrs0 = dq_base + rows[:, None] * dq_row + d0[None, :]
         dq0 = tl.dot(ds, k0, acc=_load_2d(dq_ptrs0, mask_m, mask_d0, MASK_M, False), input_precision=PRECISION)
         _store_2d(dq_ptrs0, dq0, mask_m, mask_d0, MASK_M, False)
         if HAS_TAIL:
-            dq_ptrs1 = dq_base + rows[:, None] * (D0 + D1) + d1[None, :]
+            dq_ptrs1 = dq_base + rows[:, None] * dq_row + d1[None, :]
             dq1 = tl.dot(ds, k1, acc=_load_2d(dq_ptrs1, mask_m, mask_d1, MASK_M, False), input_precision=PRECISION)
             _store_2d(dq_ptrs1, dq1, mask_m, mask_d1, MASK_M, False)
     return dk0, dk1, dv0, dv1
@@ -229,7 +229,7 @@ def _bwd_query_step(dk0, dk1, dv0, dv1, k0, k1, v0, v1, mask_n,
 def _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
                    sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-                   pid_bh, H, N, D, sm_scale, qk_scale, start_n,
+                   pid_bh, H, N, D, sm_scale, qk_scale, dq_row, start_n,
                    MASK_N: tl.constexpr, FUSE_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    D0: tl.constexpr, D1: tl.constexpr, HAS_TAIL: tl.constexpr, MASK_D0: tl.constexpr,
                    MASK_D1: tl.constexpr, PRECISION: tl.constexpr):
@@ -257,7 +257,7 @@ def _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     do_base = DO + b * sdb + h * sdh
     lse_base = LSE + pid_bh * N
     delta_base = DELTA + pid_bh * N
-    dq_base = DQ_ACC + pid_bh * N * (D0 + D1)
+    dq_base = DQ_ACC + pid_bh * N * dq_row
     dk0 = tl.zeros([BLOCK_N, D0], dtype=tl.float32)
     dv0 = tl.zeros([BLOCK_N, D0], dtype=tl.float32)
     dk1 = tl.zeros([BLOCK_N, D1], dtype=tl.float32)
@@ -266,12 +266,12 @@ def _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     for start_m in range(0, m_full, BLOCK_M):
         dk0, dk1, dv0, dv1 = _bwd_query_step(
             dk0, dk1, dv0, dv1, k0, k1, v0, v1, mask_n, q_base, do_base, lse_base, delta_base, dq_base,
-            start_m, offs_m, d0, d1, mask_d0, mask_d1, sqn, sqd, sdn, sdd, N, sm_scale, qk_scale,
+            start_m, offs_m, d0, d1, mask_d0, mask_d1, sqn, sqd, sdn, sdd, N, sm_scale, qk_scale, dq_row,
             False, MASK_N, FUSE_DQ, D0, D1, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
     if m_full < N:  # the last, partial query block
         dk0, dk1, dv0, dv1 = _bwd_query_step(
             dk0, dk1, dv0, dv1, k0, k1, v0, v1, mask_n, q_base, do_base, lse_base, delta_base, dq_base,
-            m_full, offs_m, d0, d1, mask_d0, mask_d1, sqn, sqd, sdn, sdd, N, sm_scale, qk_scale,
+            m_full, offs_m, d0, d1, mask_d0, mask_d1, sqn, sqd, sdn, sdd, N, sm_scale, qk_scale, dq_row,
             True, MASK_N, FUSE_DQ, D0, D1, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
     dk_base = DK + b * sdkb + h * sdkh
     dv_base = DV + b * sdvb + h * sdvh
@@ -296,7 +296,7 @@ def _attn_bwd_dkdv_kernel(
     sdkb, sdkh, sdkn, sdkd,
     sdvb, sdvh, sdvn, sdvd,
     H, N, D,
-    sm_scale, qk_scale,
+    sm_scale, qk_scale, dq_row,  # dq_row: row stride of DQ_ACC (fused only)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
     HAS_TAIL: tl.constexpr, MASK_D0: tl.constexpr, MASK_D1: tl.constexpr, FUSE_DQ: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -311,14 +311,14 @@ def _attn_bwd_dkdv_kernel(
             _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                            sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
                            sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-                           pid_bh, H, N, D, sm_scale, qk_scale, start_n,
+                           pid_bh, H, N, D, sm_scale, qk_scale, dq_row, start_n,
                            False, True, BLOCK_M, BLOCK_N, D0, D1, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
             tl.debug_barrier()  # this key block's dQ stores are visible to every thread before the next reads
         if n_full < N:
             _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                            sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
                            sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-                           pid_bh, H, N, D, sm_scale, qk_scale, n_full,
+                           pid_bh, H, N, D, sm_scale, qk_scale, dq_row, n_full,
                            True, True, BLOCK_M, BLOCK_N, D0, D1, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
     else:
         start_n = pid_n * BLOCK_N
@@ -326,13 +326,13 @@ def _attn_bwd_dkdv_kernel(
             _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                            sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
                            sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-                           pid_bh, H, N, D, sm_scale, qk_scale, start_n,
+                           pid_bh, H, N, D, sm_scale, qk_scale, dq_row, start_n,
                            False, False, BLOCK_M, BLOCK_N, D0, D1, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
         else:
             _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                            sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
                            sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-                           pid_bh, H, N, D, sm_scale, qk_scale, start_n,
+                           pid_bh, H, N, D, sm_scale, qk_scale, dq_row, start_n,
                            True, False, BLOCK_M, BLOCK_N, D0, D1, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
 
 

@@ -6,6 +6,7 @@ run (``wgmma.mma_async``, Hopper's tensor-core path, or ``mma.sync``, the Ampere
 
     python tests/_compile_kernels.py              # bf16, a representative subset of shapes (what CI runs)
     python tests/_compile_kernels.py --full       # every preset (N, D) x bf16/fp16 (+ fp32 kernels), both schedules
+    python tests/_compile_kernels.py --quick      # the attention kernels of one shape (gpu_check.sh --dry-run)
     python tests/_compile_kernels.py --json F     # also write every compiled kernel's PTX counts to F
     python tests/_compile_kernels.py --table      # every entry of kernels/attention_configs.json, for its GPU,
                                                   # failing if its shared memory exceeds that GPU's limit
@@ -48,6 +49,7 @@ PRESET_SHAPES = (
     ("vit_6.5b14", 32, 128, (65, 257, 1370)),
 )
 CI_SHAPES = ((16, 64, 197), (32, 80, 257), (32, 128, 1370))  # (heads, D, N): one per head dim
+QUICK_SHAPE = (32, 80, 257)  # --quick (gpu_check.sh --dry-run): the attention kernels of one shape
 BATCH = 32  # the training micro-batch order of magnitude: picks the fused backward (B*H >= 2 x 132 SMs)
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # usable shared memory per block (bytes), by compute capability: what a kernel's metadata.shared must fit
@@ -98,7 +100,8 @@ def packed_attention_args(dt, batch, heads, n, d):
     for prefix, strides in (("sq", qkv), ("sk", qkv), ("sv", qkv), ("sdq", qkv), ("sdk", qkv), ("sdv", qkv),
                             ("so", out), ("sd", out)):
         args |= dict(zip((prefix + s for s in "bhnd"), strides))
-    return args | dict(H=heads, N=n, D=d, qk_scale=0.1, sm_scale=0.1)
+    d0, d1 = CFG.head_dim_split(d)
+    return args | dict(H=heads, N=n, D=d, qk_scale=0.1, sm_scale=0.1, dq_row=d0 + d1)
 
 
 def attention_jobs(dt, batch, heads, n, d, capability=(9, 0), modes=("fused", "split"), plan_cfg=None):
@@ -139,11 +142,13 @@ def ptx_counts(kernel):
             "shared_bytes": kernel.metadata.shared}
 
 
-def jobs(full):
+def jobs(full, quick=False):
     """(label, group, thunk): attention first (deduplicated by what is compiled), then the other kernels."""
     seen = set()
     dtypes = ("bf16", "fp16") if full else ("bf16",)
     shapes = [(h, d, n) for _, h, d, ns in PRESET_SHAPES for n in ns] if full else list(CI_SHAPES)
+    if quick:
+        shapes = [QUICK_SHAPE]
     for dt in dtypes:
         for heads, d, n in shapes:
             args = packed_attention_args(dt, BATCH, heads, n, d)
@@ -157,6 +162,8 @@ def jobs(full):
                                                                                {**consts, **opts}.items()
                                                                                if k.startswith(("BLOCK", "num")))
                 yield label, "attention", (lambda fn=fn, a=args, c=consts, o=opts: compile_kernel(fn, a, c, **o))
+    if quick:
+        return
     for dt in ("fp16", "bf16", "fp32") if full else ("bf16",):
         if full and dt == "fp32":  # fp32 attention: correctness path only (no tensor cores), compiled once
             args = packed_attention_args(dt, 2, 16, 257, 80)
@@ -199,7 +206,8 @@ def table_jobs(dtypes=None):
         if dtypes and dt not in dtypes:
             continue
         cap = (int(arch[2:-1]), int(arch[-1]))
-        d, n = int(dpart[1:]), int(npart[1:])
+        d, bucket = int(dpart[1:]), int(npart[1:])
+        n = bucket // 2 + 1  # a length in the bucket that, like every ViT length, is not a multiple of 16
         heads = 16
         args = packed_attention_args(dt, BATCH, heads, n, d)
         cfg = CFG.heuristic(n, d)
@@ -217,6 +225,7 @@ def table_jobs(dtypes=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="every preset shape, bf16 and fp16, plus fp32")
+    parser.add_argument("--quick", action="store_true", help="attention kernels of one shape only (bf16, D80)")
     parser.add_argument("--table", action="store_true", help="compile every entry of the config table")
     parser.add_argument("--dtype", action="append", choices=("bf16", "fp16", "fp32"),
                         help="with --table: only the entries of this dtype (repeatable)")
@@ -226,7 +235,7 @@ def main(argv=None):
     if args.table:
         work = list(table_jobs(args.dtype))
     else:
-        work = [(label, group, thunk) for label, group, thunk in jobs(args.full)]
+        work = list(jobs(args.full, args.quick))
     for label, group, thunk in work:
         try:
             kernel = thunk()

@@ -131,10 +131,66 @@ def test_bad_inputs_name_the_argument():
 
 @requires_cuda
 class TestBF16:
+    @pytest.mark.parametrize("mode", ("fused", "split"))
     @pytest.mark.parametrize("n", SEQS)
     @pytest.mark.parametrize("d", HEAD_DIMS)
-    def test_flash_attention_bf16(self, n, d):
+    def test_flash_attention_bf16(self, n, d, mode, monkeypatch):
+        # both backward schedules: at this small batch * heads the launcher alone would always pick split
+        monkeypatch.setenv("MAWSTRON_ATTENTION_BWD", mode)
         _check_bhnd(n, d, torch.bfloat16, heads=4, batch=2)
 
     def test_packed_bf16(self):
         test_packed_qkv_matches_float64(257, 16, 80, torch.bfloat16)
+
+
+@pytest.mark.parametrize("n,d", ((65, 80), (130, 72), (20, 48), (197, 128)))
+def test_split_backward_schedule(monkeypatch, n, d):
+    """The 7-matmul sequence-parallel backward (the default under the interpreter is the 5-matmul fused one);
+    72 and 48 exercise a masked head-dim tail (64 + 16 with 8 lanes masked, 32 + 16 exactly)."""
+    monkeypatch.setenv("MAWSTRON_ATTENTION_BWD", "split")
+    _check_bhnd(n, d, torch.float32, heads=1, batch=2)
+
+
+@pytest.mark.parametrize("n,d", ((130, 72), (20, 48), (33, 112)))
+def test_fused_backward_odd_head_dims(monkeypatch, n, d):
+    monkeypatch.setenv("MAWSTRON_ATTENTION_BWD", "fused")
+    _check_bhnd(n, d, torch.float16, heads=1, batch=2)
+
+
+def test_launch_configs_table_and_head_dim_split(monkeypatch, tmp_path):
+    import importlib
+    import json
+
+    cfgs = importlib.import_module("mawstron.kernels.attention_configs")
+    assert [cfgs.head_dim_split(d) for d in (64, 80, 96, 72, 112, 128, 48, 200, 8)] == [
+        (64, 0), (64, 16), (64, 32), (64, 16), (128, 0), (128, 0), (32, 16), (256, 0), (16, 0)]
+    assert cfgs.table_key((9, 0), torch.bfloat16, 80, 1370) == "sm90/bf16/d80/n2048"
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"entries": {"sm90/bf16/d80/n2048": {"fwd": {"BLOCK_N": 128}, "bwd_mode": "split",
+                                                                          "source": "test"}}}))
+    monkeypatch.setenv("MAWSTRON_ATTENTION_CONFIGS", str(table))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the interpreter never reads the table
+    cfgs.load_table.cache_clear()
+    try:
+        cfg = cfgs.lookup((9, 0), torch.bfloat16, 1370, 80)
+        assert cfg["fwd"]["BLOCK_N"] == 128 and cfg["fwd"]["BLOCK_M"] == 128 and cfg["source"] == "test"
+        assert cfgs.backward_mode(cfg, 4, 132) == "split" and cfgs.backward_mode(cfg, 4096, 132) == "split"
+        fused_cfg = dict(cfg, bwd_mode="fused")
+        assert cfgs.backward_mode(fused_cfg, 132, 132) == "fused" and cfgs.backward_mode(fused_cfg, 64, 132) == "split"
+        other = cfgs.lookup((9, 0), torch.bfloat16, 197, 64)  # not in this table: the heuristic
+        assert other["source"] == "heuristic" and other["bwd_mode"] is None
+        assert cfgs.backward_mode(other, 4, 132) == "split" and cfgs.backward_mode(other, 1024, 132) == "fused"
+        with cfgs.trying({"bwd_fused": {"BLOCK_N": 128}}):
+            assert cfgs.lookup((9, 0), torch.bfloat16, 1370, 80)["bwd_fused"]["BLOCK_N"] == 128
+        monkeypatch.setenv("MAWSTRON_ATTENTION_BWD", "sideways")
+        with pytest.raises(ValueError, match="MAWSTRON_ATTENTION_BWD='sideways'"):
+            cfgs.backward_mode(cfg, 4, 132)
+        # every block that is a dot's M dimension in the shipped table is 64 or 128 (wgmma)
+        monkeypatch.delenv("MAWSTRON_ATTENTION_CONFIGS")
+        cfgs.load_table.cache_clear()
+        for key, entry in cfgs.load_table().items():
+            for part, m_keys in (("fwd", ("BLOCK_M",)), ("bwd_kv", ("BLOCK_N",)), ("bwd_q", ("BLOCK_M",)),
+                                 ("bwd_fused", ("BLOCK_M", "BLOCK_N"))):
+                assert all(entry[part][k] in (64, 128) for k in m_keys), (key, part)
+    finally:
+        cfgs.load_table.cache_clear()

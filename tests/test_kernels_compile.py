@@ -45,6 +45,13 @@ def test_kernels_compile_for_h100_and_attention_uses_wgmma(tmp_path):
 
 def test_config_table_entries_compile_and_fit_shared_memory(tmp_path):
     kernels = _run(tmp_path, "--table", "--dtype", "bf16")
-    assert kernels, "the config table has no bf16 entry"
+    import importlib
+
+    table = importlib.import_module("mawstron.kernels.attention_configs").load_table()
+    bf16_keys = {k for k in table if "/bf16/" in k}
+    assert bf16_keys and {k.split()[1] for k in kernels} == bf16_keys
+    for key in bf16_keys:  # forward and both backward schedules of every entry
+        assert {label.split(" ", 2)[2] for label in kernels if label.split()[1] == key} == {
+            "fwd", "bwd fused", "bwd dk/dv", "bwd dq"}, key
     assert all(v["shared_bytes"] <= int(v["shared_limit"]) for v in kernels.values())
     _assert_wgmma_only({k: v for k, v in kernels.items() if k.startswith("table sm90")})
