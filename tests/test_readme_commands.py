@@ -115,14 +115,16 @@ def parse_with_script_parser(script: str, argv: list[str], monkeypatch) -> argpa
     raise AssertionError(f"{script} ran to the end without parsing any arguments")
 
 
-def check_recipe(recipe: str, args: list[str]) -> None:
+def check_recipe(recipe: str, args: list[str]):
+    """The recipe's flags and its resolved, validated config (returned)."""
     from mawstron.cli.train import validate
 
-    validate(recipe, args)  # the recipe's flags and its resolved, validated config
+    return validate(recipe, args)
 
 
-def check_command(command: str, monkeypatch) -> None:
-    """Parse ``command`` with the parser of what it starts; raises (AssertionError, SystemExit, ConfigError)."""
+def check_command(command: str, monkeypatch):
+    """Parse ``command`` with the parser of what it starts; raises (AssertionError, SystemExit, ConfigError).
+    Returns the resolved RunConfig of a command that starts a training run (None for others)."""
     words = shlex.split(command)
     program, argv = words[0], words[1:]
     name = os.path.basename(program)
@@ -131,7 +133,8 @@ def check_command(command: str, monkeypatch) -> None:
 
         args, unknown = build_parser().parse_known_args(argv)
         if getattr(args, "command", None) == "train":
-            check_recipe(args.recipe, unknown)
+            cfg = check_recipe(args.recipe, unknown)
+            return None if "--dry-run" in unknown else cfg
         elif getattr(args, "command", None) == "bench":
             from mawstron.parallel.bench import build_arg_parser, config_from_args
 
@@ -140,18 +143,19 @@ def check_command(command: str, monkeypatch) -> None:
             assert not unknown, f"unrecognized arguments {unknown}"
     elif name == "deepspeed":
         ns = parse_with_script_parser(os.path.join(BIN, "deepspeed"), argv, monkeypatch)
-        check_recipe(ns.user_script, ns.user_args)
+        return check_recipe(ns.user_script, ns.user_args)
     elif name == "torchrun":
         from torch.distributed.run import get_args_parser
 
         ns = get_args_parser().parse_args(argv)
-        check_recipe(ns.training_script, ns.training_script_args)
+        return check_recipe(ns.training_script, ns.training_script_args)
     elif name in ("python", "python3"):
         if argv[:2] == ["-m", "pytest"]:
             paths = [a for a in argv[2:] if not a.startswith("-") and not a.isdigit()]
             assert all(glob.glob(p) for p in paths), f"no file matches {paths}"
         elif argv[0].startswith("recipes/"):
-            check_recipe(argv[0], argv[1:])
+            cfg = check_recipe(argv[0], argv[1:])
+            return None if "--dry-run" in argv else cfg
         else:
             assert os.path.isfile(argv[0]), f"{argv[0]} does not exist"
             parse_with_script_parser(argv[0], argv[1:], monkeypatch)
@@ -160,6 +164,7 @@ def check_command(command: str, monkeypatch) -> None:
         assert out.returncode == 0, out.stderr
     else:  # a program no rule knows yet: at least it must exist
         assert shutil.which(program) or os.path.isfile(os.path.join(REPO, program)), f"{program} not found"
+    return None
 
 
 COMMANDS = readme_commands()
@@ -176,6 +181,31 @@ def test_readme_has_commands_from_every_section_kind():
 def test_readme_command_parses(command, monkeypatch):
     monkeypatch.chdir(REPO)
     check_command(command, monkeypatch)
+
+
+def test_readme_training_runs_chain_without_clashing(monkeypatch):
+    """Followed top to bottom after `make demo`: no training command reruns into another's folder (it would be
+    refused without --resume/--overwrite), and every init_from names a run that `make demo` or an earlier command
+    trained."""
+    import re as regex
+
+    monkeypatch.chdir(REPO)
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    demo_dir = regex.search(r"^DEMO_DIR \?= (\S+)", makefile, regex.M).group(1)
+    trained = {f"{demo_dir}/{name}" for name in regex.findall(r"output_dir=\$\(DEMO_DIR\)/(\w+)", makefile)}
+    assert trained, "the Makefile's demo names no run folders"
+    for command in COMMANDS:
+        cfg = check_command(command, monkeypatch)
+        if cfg is None:
+            continue
+        run_dir = os.path.normpath(cfg.run_dir)
+        if not (cfg.checkpoint.resume or "--overwrite" in command):
+            assert run_dir not in trained, f"`{command}` reruns into {run_dir}, which an earlier command trained"
+        source = cfg.checkpoint.init_from
+        if source and not source.startswith("/"):
+            base = os.path.normpath(source.removesuffix("/checkpoints"))
+            assert base in trained, f"`{command}`: init_from={source} is not what `make demo` or the README trains"
+        trained.add(run_dir)
 
 
 def test_readme_python_snippets_compile():
