@@ -251,7 +251,8 @@ def test_cheap_readme_commands_run_as_written(tmp_path):
         if any(re.search(pattern, command) for pattern in EXPENSIVE):
             continue
         out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, f"`{command}` failed (rc {out.returncode}):\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+        tail = out.stdout[-2000:] + out.stderr[-2000:]
+        assert out.returncode == 0, f"`{command}` failed (rc {out.returncode}):\n{tail}"
         ran.append(command)
     assert any("data synth" in c for c in ran) and any("data vocab" in c for c in ran)
     after = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout

@@ -201,3 +201,25 @@ def test_quiet_console_hides_known_future_warnings_unless_verbose(monkeypatch):
     assert [str(w.message) for w in caught] == ["something of ours"]
     assert console.launcher_log_args() == ["--log_level", "warning"]
     assert console.launcher_log_args(True) == []
+
+
+def test_benchmarks_write_to_runs_unless_out_says_otherwise(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from mawstron.parallel import bench
+
+    assert bench.RESULTS_DIR.startswith("runs/")
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+    for name in ("_bench_common", "study"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    spec = importlib.util.spec_from_file_location("_bench_common", os.path.join(REPO, "benchmarks", "_bench_common.py"))
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    monkeypatch.setattr(common, "REPO", str(tmp_path))
+    assert common.write_json({"x": 1}, None, "kernels").startswith(str(tmp_path / "runs" / "benchmarks"))
+    assert common.write_json({"x": 1}, str(tmp_path / "mine.json"), "kernels") == str(tmp_path / "mine.json")
+    import study
+
+    assert study.parse_args([]).results == os.path.join(REPO, "runs", "study", "results")
+    assert "--results benchmarks/results" in open(os.path.join(REPO, "Makefile")).read()  # `make study`: on purpose
