@@ -34,6 +34,8 @@ def test_a_consolidated_file_builds_its_model_with_classes_and_vocabulary(tmp_pa
         assert torch.equal(model.state_dict()[k], v), k
     report = load_pretrained(create_vit("vit_micro", num_classes=3), path)
     assert report.num_classes == 3 and report.vocab == ["red", "green", "blue"]
+    report = load_pretrained(create_vit("vit_micro"), path)  # an encoder for features: the head is left out
+    assert sorted(report.dropped) == ["head.bias", "head.weight"] and not report.unexpected
 
 
 def test_a_plain_timm_file_without_metadata_is_recognised_by_its_shapes(tmp_path):
