@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default=os.path.join(REPO, "runs", "study"), help="data, runs and checkpoints")
     p.add_argument("--results", default=os.path.join(REPO, "runs", "study", "results"),
-                   help="where the report goes (`make study` regenerates the committed one: --results benchmarks/results)")
+                   help="where the report goes (`make study`: benchmarks/results, the committed one)")
     p.add_argument("--images", type=int, default=4000, help="training images in the synthetic collection")
     p.add_argument("--eval-images", type=int, default=1000, help="labelled images in each evaluation split")
     p.add_argument("--size", type=int, default=32, help="image size (the tiny presets are 32 px)")

@@ -5,7 +5,8 @@
     deepspeed --num_gpus 1 benchmarks/throughput.py --model vit_6.5b14 --depth 4          # a slice of 6.5B's blocks
     mawstron bench train --recipe recipes/vit_tiny_wsp.py --gpus 2                        # same, validated first
 
-Prints one JSON line and a summary, and writes the JSON to runs/benchmarks/ (--out benchmarks/results/... to regenerate a committed result).  The logic is
+Prints one JSON line and a summary, and writes the JSON to runs/benchmarks/ (--out benchmarks/results/... to
+regenerate a committed result).  The logic is
 ``mawstron.parallel.bench`` (the trainer's own step, timed).
 """
 

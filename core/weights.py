@@ -142,8 +142,8 @@ def adapt_state_dict(state_dict: dict[str, torch.Tensor], target_shapes: dict[st
     out = {}
     for key, value in state_dict.items():
         if key not in target_shapes:
-            if key.startswith(DECODER_KEY_PREFIXES):
-                report.dropped.append(key)
+            if key.startswith(DECODER_KEY_PREFIXES) or (key.startswith("head.") and "head.weight" not in target_shapes):
+                report.dropped.append(key)  # an MAE decoder, or a head the (encoder-only) model does not have
                 continue
             out[key] = value  # left for the caller to report as unexpected
             continue
@@ -190,7 +190,7 @@ def load_pretrained(model: nn.Module, source, strict: bool = True) -> LoadReport
     if wrong:
         k = wrong[0]
         raise RuntimeError(f"checkpoint does not fit the model: {k} is {list(sd[k].shape)} in the checkpoint and "
-                           f"{list(shapes[k])} in the model ({len(wrong)} tensors differ){_preset_hint(sd, meta)}")
+                           f"{list(shapes[k])} in the model ({len(wrong)} tensors differ){_preset_hint(sd, meta, model)}")
     result = model.load_state_dict(sd, strict=False)
     report.missing = list(result.missing_keys)
     report.unexpected = list(result.unexpected_keys)
@@ -198,7 +198,7 @@ def load_pretrained(model: nn.Module, source, strict: bool = True) -> LoadReport
     try:
         check_fit(report, strict)
     except RuntimeError as e:
-        raise RuntimeError(f"{e}{_preset_hint(sd, meta)}") from None
+        raise RuntimeError(f"{e}{_preset_hint(sd, meta, model)}") from None
     return report
 
 
@@ -218,8 +218,15 @@ def guess_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _preset_hint(state_dict: dict, meta: dict) -> str:
+def _preset_hint(state_dict: dict, meta: dict, model: nn.Module) -> str:
+    from .vit import vit_config
+
     name = meta.get("preset") or guess_preset(state_dict)
+    config = getattr(model, "config", None)
+    if name and config is not None:
+        preset = vit_config(name)
+        if (preset.embed_dim, preset.depth, preset.patch_size) == (config.embed_dim, config.depth, config.patch_size):
+            return ""  # the preset is right; the keys themselves differ
     if name:
         return f"; the checkpoint holds preset {name!r}: build the model with create_vit({name!r}) (or use " \
                f"create_vit_from_checkpoint)"

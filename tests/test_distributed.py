@@ -266,3 +266,29 @@ def test_finetune_from_mae_on_labelled_shards(workdir, shard_data, mae_run):
         num_classes = json.load(f)["num_classes"]
     head = read_zero_checkpoint(os.path.join(run_dir, "checkpoints"))["head.weight"]
     assert head.shape[0] == num_classes
+    # the consolidated file names its classes: the model is rebuilt from the file alone
+    from mawstron.core import create_vit_from_checkpoint
+
+    out = os.path.join(workdir, "finetuned.safetensors")
+    consolidate(os.path.join(run_dir, "checkpoints"), out, keep_head=True)
+    model, report = create_vit_from_checkpoint(out)
+    assert model.head.out_features == num_classes == report.num_classes
+    assert report.vocab == json.load(open(os.path.join(shard_data, "manifest.json")))["classes"]
+
+
+def test_a_run_folder_loads_consolidates_and_evaluates_as_pure_json(workdir, mae_run, shard_data):
+    """What a newcomer passes first: the run folder itself, not its checkpoints/ (load_pretrained, consolidate,
+    eval --json with nothing but the JSON on stdout)."""
+    model = create_vit("vit_micro")
+    report = load_pretrained(model, mae_run)  # the ZeRO folder reader that mawstron.parallel registers
+    assert not report.missing and not report.unexpected and report.metadata["preset"] == "vit_micro"
+    exe = os.path.join(os.path.dirname(sys.executable), "mawstron")
+    out_file = os.path.join(workdir, "from_run_folder.safetensors")
+    out = subprocess.run([exe, "consolidate", mae_run, "--out", out_file], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("wrote"), out.stdout + out.stderr
+    assert "Processing zero checkpoint" not in out.stdout + out.stderr  # DeepSpeed's chatter hidden without --verbose
+    out = subprocess.run([exe, "eval", "--checkpoint", mae_run, "--data", shard_data, "--json", "--loader", "torch",
+                          "--shots", "1", "--draws", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)  # the whole of stdout is one JSON document
+    assert result["train_images"] == 32 and 0 <= result["linear_probe_accuracy"] <= 1

@@ -87,6 +87,19 @@ def readme_commands(text: str | None = None) -> list[str]:
     return commands
 
 
+def readme_inline_commands(text: str | None = None) -> list[str]:
+    """Complete commands quoted inline in prose (`` `mawstron plan --model vit_b16 --gpus 8` ``): those that start
+    with a known program and give at least two options; fragments (``mawstron data synth --out DIR``, ``...``)
+    are prose, not commands."""
+    text = open(README).read() if text is None else text
+    found = []
+    for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text):
+        words = span.split()
+        if words and words[0] in PROGRAMS and "..." not in span and sum(w.startswith("--") for w in words) >= 2:
+            found.append(span)
+    return list(dict.fromkeys(found))
+
+
 def python_snippets(text: str) -> list[str]:
     return ["\n".join(block) for lang, block in _blocks(text) if lang == "python"]
 
@@ -96,33 +109,43 @@ class _Parsed(Exception):
         self.namespace = namespace
 
 
-def parse_with_script_parser(script: str, argv: list[str], monkeypatch) -> argparse.Namespace:
+def parse_with_script_parser(script: str, argv: list[str]) -> argparse.Namespace:
     """Run ``script``'s own argparse on ``argv`` and stop right after it: the script's real parser, nothing run."""
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
         raise _Parsed(original(self, args, namespace))
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    monkeypatch.setattr(sys, "argv", [script, *argv])
-    monkeypatch.syspath_prepend(os.path.dirname(os.path.abspath(script)))
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except _Parsed as parsed:
-        return parsed.namespace
-    finally:
-        monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        patch.setattr(sys, "argv", [script, *argv])
+        patch.syspath_prepend(os.path.dirname(os.path.abspath(script)))
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except _Parsed as parsed:
+            return parsed.namespace
     raise AssertionError(f"{script} ran to the end without parsing any arguments")
 
 
-def check_recipe(recipe: str, args: list[str]) -> None:
+def check_launched(script: str, args: list[str]):
+    """What a launcher starts: a recipe (flags and config, returned) or a script (its own parser)."""
+    if os.path.normpath(script).startswith("recipes" + os.sep):
+        return check_recipe(script, args)
+    assert os.path.isfile(script), f"{script} does not exist"
+    parse_with_script_parser(script, args)
+    return None
+
+
+def check_recipe(recipe: str, args: list[str]):
+    """The recipe's flags and its resolved, validated config (returned)."""
     from mawstron.cli.train import validate
 
-    validate(recipe, args)  # the recipe's flags and its resolved, validated config
+    return validate(recipe, args)
 
 
-def check_command(command: str, monkeypatch) -> None:
-    """Parse ``command`` with the parser of what it starts; raises (AssertionError, SystemExit, ConfigError)."""
+def check_command(command: str):
+    """Parse ``command`` with the parser of what it starts; raises (AssertionError, SystemExit, ConfigError).
+    Returns the resolved RunConfig of a command that starts a training run (None for others)."""
     words = shlex.split(command)
     program, argv = words[0], words[1:]
     name = os.path.basename(program)
@@ -131,7 +154,8 @@ def check_command(command: str, monkeypatch) -> None:
 
         args, unknown = build_parser().parse_known_args(argv)
         if getattr(args, "command", None) == "train":
-            check_recipe(args.recipe, unknown)
+            cfg = check_recipe(args.recipe, unknown)
+            return None if "--dry-run" in unknown else cfg
         elif getattr(args, "command", None) == "bench":
             from mawstron.parallel.bench import build_arg_parser, config_from_args
 
@@ -139,27 +163,29 @@ def check_command(command: str, monkeypatch) -> None:
         else:
             assert not unknown, f"unrecognized arguments {unknown}"
     elif name == "deepspeed":
-        ns = parse_with_script_parser(os.path.join(BIN, "deepspeed"), argv, monkeypatch)
-        check_recipe(ns.user_script, ns.user_args)
+        ns = parse_with_script_parser(os.path.join(BIN, "deepspeed"), argv)
+        return check_launched(ns.user_script, ns.user_args)
     elif name == "torchrun":
         from torch.distributed.run import get_args_parser
 
         ns = get_args_parser().parse_args(argv)
-        check_recipe(ns.training_script, ns.training_script_args)
+        return check_launched(ns.training_script, ns.training_script_args)
     elif name in ("python", "python3"):
         if argv[:2] == ["-m", "pytest"]:
             paths = [a for a in argv[2:] if not a.startswith("-") and not a.isdigit()]
             assert all(glob.glob(p) for p in paths), f"no file matches {paths}"
         elif argv[0].startswith("recipes/"):
-            check_recipe(argv[0], argv[1:])
+            cfg = check_recipe(argv[0], argv[1:])
+            return None if "--dry-run" in argv else cfg
         else:
             assert os.path.isfile(argv[0]), f"{argv[0]} does not exist"
-            parse_with_script_parser(argv[0], argv[1:], monkeypatch)
+            parse_with_script_parser(argv[0], argv[1:])
     elif name == "make":
         out = subprocess.run(["make", "-n", *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
     else:  # a program no rule knows yet: at least it must exist
         assert shutil.which(program) or os.path.isfile(os.path.join(REPO, program)), f"{program} not found"
+    return None
 
 
 COMMANDS = readme_commands()
@@ -172,10 +198,33 @@ def test_readme_has_commands_from_every_section_kind():
     assert joined == ["mawstron plan --model vit_b16", "python x.py"]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + readme_inline_commands())
 def test_readme_command_parses(command, monkeypatch):
     monkeypatch.chdir(REPO)
-    check_command(command, monkeypatch)
+    check_command(command)
+
+
+def test_readme_training_runs_chain_without_clashing(monkeypatch):
+    """Followed top to bottom after `make demo`: no training command reruns into another's folder (it would be
+    refused without --resume/--overwrite), and every init_from names a run that `make demo` or an earlier command
+    trained."""
+    monkeypatch.chdir(REPO)
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    demo_dir = re.search(r"^DEMO_DIR \?= (\S+)", makefile, re.M).group(1)
+    trained = {f"{demo_dir}/{name}" for name in re.findall(r"output_dir=\$\(DEMO_DIR\)/(\w+)", makefile)}
+    assert trained, "the Makefile's demo names no run folders"
+    for command in COMMANDS:
+        cfg = check_command(command)
+        if cfg is None:
+            continue
+        run_dir = os.path.normpath(cfg.run_dir)
+        if not (cfg.checkpoint.resume or "--overwrite" in command):
+            assert run_dir not in trained, f"`{command}` reruns into {run_dir}, which an earlier command trained"
+        source = cfg.checkpoint.init_from
+        if source and not source.startswith("/"):
+            base = os.path.normpath(source.removesuffix("/checkpoints"))
+            assert base in trained, f"`{command}`: init_from={source} is not what `make demo` or the README trains"
+        trained.add(run_dir)
 
 
 def test_readme_python_snippets_compile():
@@ -202,7 +251,8 @@ def test_cheap_readme_commands_run_as_written(tmp_path):
         if any(re.search(pattern, command) for pattern in EXPENSIVE):
             continue
         out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, f"`{command}` failed (rc {out.returncode}):\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+        tail = out.stdout[-2000:] + out.stderr[-2000:]
+        assert out.returncode == 0, f"`{command}` failed (rc {out.returncode}):\n{tail}"
         ran.append(command)
     assert any("data synth" in c for c in ran) and any("data vocab" in c for c in ran)
     after = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
