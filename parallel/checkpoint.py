@@ -140,12 +140,12 @@ def newest_verified_tag(ckpt_dir: str, problems_of=None, say=print) -> str:
     for tag in candidates:
         problems = problems_of(tag)
         if not problems:
-            if rejected:
-                say(f"[mawstron] using {os.path.join(ckpt_dir, tag)} instead: " + "; ".join(rejected))
+            if rejected:  # one line: which file failed, and where the run goes instead
+                say(f"[mawstron] checkpoint {'; '.join(rejected)}; falling back to {os.path.join(ckpt_dir, tag)}, "
+                    f"the newest that verifies")
             return tag
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         rejected.append(f"{tag} failed verification: {problems[0]}{more}")
-        say(f"[mawstron] checkpoint {tag} failed verification: {problems[0]}{more}")
     raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint verifies (" + "; ".join(rejected)
                             + "); restart without --resume, or restore the files from a copy")
 

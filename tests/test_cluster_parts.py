@@ -125,7 +125,7 @@ def test_manifest_names_a_truncated_or_flipped_shard_and_resume_falls_back(tmp_p
         f.write(bytes([byte[0] ^ 0xFF]))
     said = []
     assert ckpt.newest_verified_tag(d, say=said.append) == old
-    assert len(said) == 2 and shard in said[0] and "CRC-32" in said[0] and old in said[1]
+    assert len(said) == 1 and shard in said[0] and "CRC-32" in said[0] and f"falling back to {d}/{old}" in said[0]
     assert ckpt.verify_files(d, new, checksums=False) == []  # sizes alone cannot see a flipped byte
     os.truncate(shard, 100)
     problems = ckpt.verify_files(d, new, checksums=False)
