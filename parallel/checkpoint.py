@@ -263,7 +263,8 @@ def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head:
     Decoder and mask token (MAE) are dropped; the classification head (WSP) too unless ``keep_head``.  The
     file's metadata carries the preset and ViT overrides so ``mawstron eval`` can rebuild the model.  The
     checkpoint is verified against its manifest first; without ``tag``, a damaged newest checkpoint is reported
-    through ``say`` and the newest one that verifies is used.  Returns a summary (tag, step, number of tensors and parameters)."""
+    through ``say`` and the newest one that verifies is used.  Returns a summary (tag, step, number of tensors
+    and parameters)."""
     from safetensors.torch import save_file
 
     from mawstron.core import encoder_state_dict

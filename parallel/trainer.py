@@ -148,7 +148,8 @@ class Trainer:
         path, client = self.engine.load_checkpoint(os.path.join(ckpt_dir, tag), tag=ckpt.UNIVERSAL,
                                                    load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
-            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {universal.universal_dir(ckpt_dir, tag)}")
+            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint "
+                               f"{universal.universal_dir(ckpt_dir, tag)}")
         restored = universal.restore_group_settings(self.optimizer.param_groups, expected)
         self.step = int(client["step"])
         self.loader.load_state_dict(universal.data_state_for_world(client["data"], self.step, self.grad_accum))
@@ -157,7 +158,8 @@ class Trainer:
         self.last_checkpoint = os.path.join(ckpt_dir, tag)
         print_rank0(self.rank, f"[mawstron] resumed from {ckpt_dir}/{tag} at step {self.step} on {self.world_size} "
                                f"ranks (grad accumulation {self.grad_accum}); restored the own settings of "
-                               f"{restored} of {len(expected)} parameter groups that the universal load had overwritten")
+                               f"{restored} of {len(expected)} parameter groups that the universal load had "
+                               f"overwritten")
 
     # ------------------------------------------------------------------------------------------- steps
     def compute_loss(self, batch: dict) -> torch.Tensor:

@@ -3,7 +3,6 @@ manifests and fallback, `mawstron checkpoints`, status.json, signal recording.""
 
 import contextlib
 import io
-import json
 import os
 import runpy
 import signal
@@ -101,7 +100,8 @@ def fake_checkpoint(ckpt_dir, step, world=2):
     tag = ckpt.tag_for_step(step)
     os.makedirs(os.path.join(ckpt_dir, tag))
     for r in range(world):
-        for name in (f"zero_pp_rank_{r}_mp_rank_00_model_states.pt", f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt"):
+        for name in (f"zero_pp_rank_{r}_mp_rank_00_model_states.pt",
+                     f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt"):
             with open(os.path.join(ckpt_dir, tag, name), "wb") as f:
                 f.write(os.urandom(4096 + 100 * r))
     digests = {}
