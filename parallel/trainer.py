@@ -286,6 +286,10 @@ class Trainer:
         dist.barrier()
         self.last_checkpoint = os.path.join(ckpt_dir, tag)
         self.last_save_s = time.perf_counter() - start
+        size_mb = sum(d["size"] for ds in digests for d in ds.values()) / 2**20
+        # the save time is what a preemption's grace period has to cover (README: Running on a cluster)
+        print_rank0(self.rank, f"[mawstron] saved {tag} ({size_mb:.1f} MB, {self.world_size} ranks) in "
+                               f"{self.last_save_s:.2f} s")
         if status:
             status.update(state="running", last_checkpoint=self.last_checkpoint, last_save_s=round(self.last_save_s, 3))
 
