@@ -344,6 +344,7 @@ class Trainer:
 
     def run(self) -> None:
         self.status = StatusFile(self.cfg.run_dir, self.cfg.train.steps, enabled=int(os.environ.get("RANK", "0")) == 0)
+        self.status.update(state="starting")  # a monitor sees the run from its first second
         try:
             self.init_distributed()
             self.build()
