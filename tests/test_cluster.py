@@ -240,3 +240,19 @@ def test_a_killed_rank_ends_the_run_instead_of_hanging(workdir):
     assert proc.returncode != 0
     assert ended_after_s < timeout_s, out[-3000:]
     assert read_metrics(run_dir)[-1]["step"] < 10_000
+
+
+def test_one_ranks_exception_ends_the_run_with_its_message(workdir, base_run):
+    """A shard damaged in a checkpoint without a manifest (as written before manifests existed): only rank 1
+    reads it, fails, and says so in one line on the shared console; the launcher exits non-zero."""
+    run_dir = os.path.join(workdir, "rank_error")
+    shutil.copytree(os.path.join(base_run[0], "checkpoints"), os.path.join(run_dir, "checkpoints"))
+    tag_dir = os.path.join(run_dir, "checkpoints", "step_00000008")
+    os.remove(os.path.join(tag_dir, ckpt.MANIFEST))
+    os.truncate(os.path.join(tag_dir, "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"), 1000)
+    started = time.time()
+    out = launch(run_dir, extra=["--resume", "--set", "parallel.timeout_s=60"])
+    print(f"a rank's exception ended the launcher ({out.returncode}) after {time.time() - started:.1f} s")
+    assert out.returncode != 0
+    assert "mawstron: rank 1 of 2 failed at step 0: " in out.stdout, out.stdout[-3000:]
+    assert read_status(run_dir)["state"] == "failed"
