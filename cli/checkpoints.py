@@ -43,7 +43,8 @@ def run(args) -> int:
     if not ckpt.complete_tags(ckpt_dir) and ckpt.complete_tags(os.path.join(ckpt_dir, "checkpoints")):
         ckpt_dir = os.path.join(ckpt_dir, "checkpoints")  # the run folder was given
     if not os.path.isdir(ckpt_dir):
-        raise SystemExit(f"mawstron checkpoints: {args.checkpoint_dir!r} is not a folder; give a run's checkpoints/ folder")
+        raise SystemExit(f"mawstron checkpoints: {args.checkpoint_dir!r} is not a folder; give a run's "
+                         f"checkpoints/ folder")
     rows = list(_rows(ckpt_dir, checksums=args.action == "verify"))
     if not rows:
         raise SystemExit(f"mawstron checkpoints: no complete checkpoint in {ckpt_dir}")

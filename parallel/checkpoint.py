@@ -140,12 +140,12 @@ def newest_verified_tag(ckpt_dir: str, problems_of=None, say=print) -> str:
     for tag in candidates:
         problems = problems_of(tag)
         if not problems:
-            if rejected:
-                say(f"[mawstron] using {os.path.join(ckpt_dir, tag)} instead: " + "; ".join(rejected))
+            if rejected:  # one line: which file failed, and where the run goes instead
+                say(f"[mawstron] checkpoint {'; '.join(rejected)}; falling back to {os.path.join(ckpt_dir, tag)}, "
+                    f"the newest that verifies")
             return tag
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         rejected.append(f"{tag} failed verification: {problems[0]}{more}")
-        say(f"[mawstron] checkpoint {tag} failed verification: {problems[0]}{more}")
     raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint verifies (" + "; ".join(rejected)
                             + "); restart without --resume, or restore the files from a copy")
 
@@ -263,7 +263,8 @@ def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head:
     Decoder and mask token (MAE) are dropped; the classification head (WSP) too unless ``keep_head``.  The
     file's metadata carries the preset and ViT overrides so ``mawstron eval`` can rebuild the model.  The
     checkpoint is verified against its manifest first; without ``tag``, a damaged newest checkpoint is reported
-    through ``say`` and the newest one that verifies is used.  Returns a summary (tag, step, number of tensors and parameters)."""
+    through ``say`` and the newest one that verifies is used.  Returns a summary (tag, step, number of tensors
+    and parameters)."""
     from safetensors.torch import save_file
 
     from mawstron.core import encoder_state_dict

@@ -86,7 +86,8 @@ def schedule_line(cfg: RunConfig, world_size: int) -> str:
     """``  schedule on N GPUs: global batch ...``; ConfigError when the global batch does not divide."""
     from .schedule import format_schedule, schedule
 
-    return f"  schedule on {world_size} GPU{'s' if world_size != 1 else ''}: {format_schedule(schedule(cfg, world_size))}"
+    gpus = f"{world_size} GPU{'s' if world_size != 1 else ''}"
+    return f"  schedule on {gpus}: {format_schedule(schedule(cfg, world_size))}"
 
 
 def _ensure_process_group_env() -> None:

@@ -156,7 +156,8 @@ class Trainer:
         path, client = self.engine.load_checkpoint(os.path.join(ckpt_dir, tag), tag=ckpt.UNIVERSAL,
                                                    load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
-            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {universal.universal_dir(ckpt_dir, tag)}")
+            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint "
+                               f"{universal.universal_dir(ckpt_dir, tag)}")
         restored = universal.restore_group_settings(self.optimizer.param_groups, expected)
         self.step = int(client["step"])
         self.loader.load_state_dict(universal.data_state_for_world(client["data"], self.step, self.grad_accum))
@@ -165,7 +166,8 @@ class Trainer:
         self.last_checkpoint = os.path.join(ckpt_dir, tag)
         print_rank0(self.rank, f"[mawstron] resumed from {ckpt_dir}/{tag} at step {self.step} on {self.world_size} "
                                f"ranks (grad accumulation {self.grad_accum}); restored the own settings of "
-                               f"{restored} of {len(expected)} parameter groups that the universal load had overwritten")
+                               f"{restored} of {len(expected)} parameter groups that the universal load had "
+                               f"overwritten")
 
     # ------------------------------------------------------------------------------------------- steps
     def compute_loss(self, batch: dict) -> torch.Tensor:
@@ -290,6 +292,10 @@ class Trainer:
         dist.barrier()
         self.last_checkpoint = os.path.join(ckpt_dir, tag)
         self.last_save_s = time.perf_counter() - start
+        size_mb = sum(d["size"] for ds in digests for d in ds.values()) / 2**20
+        # the save time is what a preemption's grace period has to cover (README: Running on a cluster)
+        print_rank0(self.rank, f"[mawstron] saved {tag} ({size_mb:.1f} MB, {self.world_size} ranks) in "
+                               f"{self.last_save_s:.2f} s")
         if status:
             status.update(state="running", last_checkpoint=self.last_checkpoint, last_save_s=round(self.last_save_s, 3))
 
@@ -346,6 +352,7 @@ class Trainer:
 
     def run(self) -> None:
         self.status = StatusFile(self.cfg.run_dir, self.cfg.train.steps, enabled=int(os.environ.get("RANK", "0")) == 0)
+        self.status.update(state="starting")  # a monitor sees the run from its first second
         try:
             self.init_distributed()
             self.build()
