@@ -178,3 +178,28 @@ def test_zero_shot_classifier_is_the_normalised_mean_of_normalised_prompt_embedd
     torch.testing.assert_close(classifier[:, 0], F.normalize(emb.mean(0), dim=-1))
     with pytest.raises(ValueError, match="must contain"):
         zero_shot_classifier(model, tokenizer, ["a"], ("no placeholder",))
+
+
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_both_loaders_deliver_token_ids_and_attention_masks_for_lit(tmp_path, loader):
+    from data_helpers import make_collection
+    from mawstron.core.data import DataConfig, build_train_loader
+    from mawstron.core.data.captions import read_captions
+    from mawstron.core.data.shards import expand_shards
+
+    make_collection(str(tmp_path), images=16, shard_size=16, size=32)
+    shards = os.path.join(str(tmp_path), "train-*.tar")
+    captions = list(read_captions(expand_shards(shards)))
+    assert len(captions) == 16 and any("#" in c for c in captions)
+    tokenizer = train_tokenizer(captions, 120, context_length=12)
+    cfg = DataConfig(source="shards", shards=shards, loader=loader, num_workers=1, dali_device="cpu")
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_train_loader(cfg, stage="lit", img_size=16, micro_batch=4)
+    ld = build_train_loader(cfg, stage="lit", img_size=16, micro_batch=4, tokenizer=tokenizer)
+    batch = next(iter(ld))
+    assert batch["images"].shape == (4, 3, 16, 16) and "targets" not in batch
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape == (4, 14) and ids.dtype == torch.long
+    assert (ids[:, 0] == 0).all() and (mask[:, 0] == 1).all()  # <s> first
+    assert ((ids == 1) == (mask == 0)).all()  # padding exactly where the mask is 0
+    ld.close()
