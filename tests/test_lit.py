@@ -150,6 +150,13 @@ def test_release_layout_round_trips_and_computes_the_same_features(tmp_path):
         torch.testing.assert_close(fresh.encode_images(images), model.encode_images(images))
         torch.testing.assert_close(fresh.encode_texts(ids), model.encode_texts(ids), rtol=1e-4, atol=1e-5)
     assert release_to_ours(release).keys() == model.state_dict().keys()
+    # the image side alone, as load_pretrained reads any MAWS checkpoint
+    from mawstron.core import create_vit, load_pretrained
+
+    vit = create_vit("vit_micro").eval()
+    report = load_pretrained(vit, path)
+    assert not report.unexpected and not [k for k in report.missing if not k.startswith("head.")]
+    torch.testing.assert_close(vit.forward_features(images)[:, 0], model.vision_encoder.forward_features(images)[:, 0])
 
 
 def test_captions_describe_the_image_with_noise_and_keep_hashtags():
@@ -203,3 +210,23 @@ def test_both_loaders_deliver_token_ids_and_attention_masks_for_lit(tmp_path, lo
     assert (ids[:, 0] == 0).all() and (mask[:, 0] == 1).all()  # <s> first
     assert ((ids == 1) == (mask == 0)).all()  # padding exactly where the mask is 0
     ld.close()
+
+
+def test_pretrained_text_tower_and_tokenizer_load_from_a_local_folder(tmp_path):
+    """``lit.text_model`` names a Hugging Face model (``xlm-roberta-base``) or a local copy of one: weights come
+    from ``from_pretrained`` and the tokenizer from the same folder (here a saved tiny tower, no network)."""
+    from mawstron.core.clip import create_text_tower
+    from mawstron.core.text import load_tokenizer
+
+    folder = str(tmp_path / "tiny-xlmr")
+    source = create_text_tower(TINY_LIT)
+    source.save_pretrained(folder)
+    train_tokenizer(["my red circle #love", "a blue square"] * 20, 64, 8).save(os.path.join(folder, "tokenizer.json"))
+    lit = LitConfig(**{**TINY_LIT.__dict__, "text_model": folder})
+    model = create_clip("vit_micro", lit)
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(model.text_encoder.state_dict()[name], value, msg=name)
+    tokenizer = load_tokenizer(folder, lit.context_length)
+    assert tokenize(tokenizer, ["my red circle"])["input_ids"].shape == (1, 10)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "missing" / "tokenizer.json"), 8)
