@@ -27,7 +27,8 @@ test: $(STAMP)
 
 # The MAWS recipe in miniature on two ranks (CPU ranks over gloo when there is no GPU): a synthetic web-image
 # collection as JPEG webdataset shards and its hashtag vocabulary, MAE on it, then WSP initialised from it
-# (both read the shards through DALI), then the encoder consolidated into one timm-layout file.
+# (both read the shards through DALI), then the encoder consolidated into one timm-layout file, then LiT on the
+# frozen encoder and a zero-shot evaluation.
 DEMO_DIR ?= runs/demo
 DEMO_DATA ?= $(DEMO_DIR)/data
 # fp32 because most CPUs have no native bf16 matmul (10x slower than fp32 on the 2-core CI machine); on GPUs
@@ -35,6 +36,8 @@ DEMO_DATA ?= $(DEMO_DIR)/data
 DEMO_PRECISION ?= $(shell $(BIN)/python -c "import torch; print('bf16' if torch.cuda.is_available() else 'fp32')" 2>/dev/null || echo fp32)
 DEMO_SHARDS := --set parallel.precision=$(DEMO_PRECISION) --set data.source=shards --set 'data.shards=$(DEMO_DATA)/train-*.tar' \
 	--set data.vocab=$(DEMO_DATA)/vocab.json
+# LiT on the frozen WSP encoder, then zero-shot on the 15 held-out classes (the MAWS-CLIP stage in miniature)
+DEMO_LIT_STEPS ?= 100
 demo: $(STAMP)
 	$(BIN)/mawstron data synth --out $(DEMO_DATA) --images 2000 --size 32 --overwrite
 	$(BIN)/mawstron data vocab --shards '$(DEMO_DATA)/train-*.tar' --min-count 5 \
@@ -43,11 +46,15 @@ demo: $(STAMP)
 	$(BIN)/mawstron train recipes/vit_tiny_wsp.py --gpus 2 --overwrite --set output_dir=$(DEMO_DIR)/wsp $(DEMO_SHARDS) \
 		--set checkpoint.init_from=$(DEMO_DIR)/mae/checkpoints
 	$(BIN)/mawstron consolidate $(DEMO_DIR)/wsp/checkpoints --keep-head --out $(DEMO_DIR)/vit_tiny_maws.safetensors
+	$(BIN)/mawstron train recipes/vit_tiny_lit.py --gpus 2 --set output_dir=$(DEMO_DIR)/lit $(DEMO_SHARDS) \
+		--set checkpoint.init_from=$(DEMO_DIR)/wsp/checkpoints --set train.steps=$(DEMO_LIT_STEPS)
+	$(BIN)/mawstron eval --zero-shot --checkpoint $(DEMO_DIR)/lit/checkpoints --data $(DEMO_DATA)
 	@echo "demo done:"
 	@echo "  data              $(DEMO_DATA) (train-*.tar, eval-{train,test}-*.tar, vocab.json)"
 	@echo "  MAE metrics       $(DEMO_DIR)/mae/metrics.jsonl   checkpoints $(DEMO_DIR)/mae/checkpoints"
 	@echo "  WSP metrics       $(DEMO_DIR)/wsp/metrics.jsonl   checkpoints $(DEMO_DIR)/wsp/checkpoints"
 	@echo "  encoder + head    $(DEMO_DIR)/vit_tiny_maws.safetensors (timm keys)"
+	@echo "  LiT (zero-shot)   $(DEMO_DIR)/lit/metrics.jsonl   checkpoints $(DEMO_DIR)/lit/checkpoints (+ tokenizer.json)"
 
 # The MAWS study in miniature (MAE vs WSP vs MAE -> WSP, linear probe and k-shot): benchmarks/results/study.*
 STUDY_ARGS ?=

@@ -48,6 +48,10 @@ setup(
         "pyyaml>=6.0",
         "safetensors>=0.4",
         "pillow>=10.0",
+        # LiT / MAWS-CLIP text tower (XLM-R) and caption tokenizers; these versions install beside torch 2.13
+        # without pulling torchvision or another torch (checked with pip install --dry-run)
+        "transformers==5.24.0",
+        "tokenizers==0.23.3",
     ],
     extras_require={
         # what only GPU clusters need: NVML monitoring, MPI-based multi-node launchers, TensorBoard logging

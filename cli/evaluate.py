@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 
 
 def add_parser(subparsers):
@@ -75,8 +77,10 @@ def run_zero_shot(args, test: str) -> int:
     if not test:
         raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")
     try:
-        result = evaluate_zero_shot(args.checkpoint, test, classnames=args.classnames, templates=args.templates,
-                                    tokenizer=args.tokenizer)
+        # DeepSpeed's shard merging prints progress on stdout: keep stdout for the result (one line with --json)
+        with contextlib.redirect_stdout(sys.stderr):
+            result = evaluate_zero_shot(args.checkpoint, test, classnames=args.classnames, templates=args.templates,
+                                        tokenizer=args.tokenizer)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"mawstron eval --zero-shot: {e}") from None
     if args.json:

@@ -98,7 +98,8 @@ class CLIP(nn.Module):
         vision_width, text_width = vision_encoder.config.embed_dim, text_encoder.config.hidden_size
         self.vision_projection = nn.Parameter(torch.randn(vision_width, embed_dim) * vision_width**-0.5)
         self.text_projection = nn.Parameter(torch.randn(text_width, embed_dim) * text_width**-0.5)
-        self.logit_scale = nn.Parameter(torch.full((), LOGIT_SCALE_INIT))
+        # shape [1], not the release's []: ZeRO-3 cannot partition a 0-dim parameter (clip_weights reshapes)
+        self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))
 
     @property
     def config(self):
@@ -127,7 +128,7 @@ class CLIP(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
+        return self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX).squeeze(0)
 
     def forward(self, images, input_ids, attention_mask=None):
         """``(image features, text features, logit scale)``, features L2-normalised."""

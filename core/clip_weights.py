@@ -19,6 +19,7 @@ release (torchtext)                                   ``transformers`` XLM-R
 ``layers.N.residual_mlp.mlp.0`` / ``mlp.3``           ``encoder.layer.N.intermediate.dense`` / ``output.dense``
 ``layers.N.final_layer_norm``                         ``encoder.layer.N.output.LayerNorm``
 (none)                                                ``embeddings.token_type_embeddings.weight`` (zeros)
+``logit_scale`` shape ``[]``                          ``logit_scale`` shape ``[1]`` (ZeRO-3 partitions no 0-dim)
 ====================================================  ==========================================================
 
 Exporting folds the single token-type row into the word embeddings (both are added to every token), so the
@@ -59,7 +60,7 @@ def release_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
         if not key.startswith(RELEASE_TEXT):
-            out[key] = value
+            out[key] = value.reshape(1) if key == "logit_scale" else value
             continue
         name = key[len(RELEASE_TEXT):]
         match = _LAYER.match(name)
@@ -91,7 +92,7 @@ def ours_to_release(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     token_type = state.get(f"{OURS_TEXT}embeddings.token_type_embeddings.weight")
     for key, value in state.items():
         if not key.startswith(OURS_TEXT):
-            out[key] = value
+            out[key] = value.reshape(()) if key == "logit_scale" else value
             continue
         name = key[len(OURS_TEXT):]
         if name == "embeddings.token_type_embeddings.weight":

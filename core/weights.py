@@ -121,6 +121,9 @@ def normalize_state_dict(raw: dict) -> dict[str, torch.Tensor]:
         if inner is None:
             raise ValueError(f"no state dict found in checkpoint with top-level keys {sorted(sd)[:10]}")
         sd = inner
+    if any(k.startswith("vision_encoder.") for k in sd) and any(k.startswith("text_encoder.") for k in sd):
+        # a MAWS-CLIP checkpoint: its image tower (the text tower, projections and logit scale stay behind)
+        sd = {k: v for k, v in sd.items() if k.startswith("vision_encoder.")}
     out = {}
     for key, value in sd.items():
         if not torch.is_tensor(value):

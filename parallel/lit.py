@@ -63,16 +63,20 @@ def construct_clip(cfg: RunConfig, vocab_size: int) -> CLIP:
 
 
 def build_clip(cfg: RunConfig, vocab_size: int, zero_init) -> CLIP:
-    """Construct under ``zero_init`` (a ``deepspeed.zero.Init`` context or a null context).  A pretrained text
-    tower is loaded by ``from_pretrained`` outside it (whole on each rank, partitioned by the engine), because
-    its weights must be read into full tensors."""
-    if not cfg.lit.text_model:
-        with zero_init:
-            return construct_clip(cfg, vocab_size)
-    text = create_text_tower(cfg.lit)
+    """The run's CLIP: image tower and projections constructed under ``zero_init`` (a ``deepspeed.zero.Init``
+    context, or a null context below ZeRO-3); the text tower outside it, whole on each rank (identical: same
+    seed), and partitioned by the engine at ``deepspeed.initialize``.  Why: ``transformers`` initialises (and
+    ``from_pretrained`` loads) its weights after construction by indexing them, which partitioned stubs cannot
+    take; only ``transformers``' own ZeRO-3 path knows how, and it skips its initialisation instead."""
+    # import transformers' model code (and the torch._dynamo it pulls in) before zero.Init patches the tensor
+    # constructors: imported inside the context, torch._dynamo's polyfills fail their signature checks
+    import torch._dynamo  # noqa: F401
+    from transformers import XLMRobertaModel  # noqa: F401
+
+    text = create_text_tower(cfg.lit, None if cfg.lit.text_model else vocab_size)
     with zero_init:
         vision = create_vit(cfg.model.preset, num_classes=0, **cfg.model.vit_overrides())
-    return CLIP(vision, text, cfg.lit.embed_dim)
+        return CLIP(vision, text, cfg.lit.embed_dim)
 
 
 def lock_and_checkpoint(model: CLIP, cfg: RunConfig) -> None:

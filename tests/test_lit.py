@@ -150,6 +150,13 @@ def test_release_layout_round_trips_and_computes_the_same_features(tmp_path):
         torch.testing.assert_close(fresh.encode_images(images), model.encode_images(images))
         torch.testing.assert_close(fresh.encode_texts(ids), model.encode_texts(ids), rtol=1e-4, atol=1e-5)
     assert release_to_ours(release).keys() == model.state_dict().keys()
+    # the image side alone, as load_pretrained reads any MAWS checkpoint
+    from mawstron.core import create_vit, load_pretrained
+
+    vit = create_vit("vit_micro").eval()
+    report = load_pretrained(vit, path)
+    assert not report.unexpected and not [k for k in report.missing if not k.startswith("head.")]
+    torch.testing.assert_close(vit.forward_features(images)[:, 0], model.vision_encoder.forward_features(images)[:, 0])
 
 
 def test_captions_describe_the_image_with_noise_and_keep_hashtags():
@@ -178,3 +185,48 @@ def test_zero_shot_classifier_is_the_normalised_mean_of_normalised_prompt_embedd
     torch.testing.assert_close(classifier[:, 0], F.normalize(emb.mean(0), dim=-1))
     with pytest.raises(ValueError, match="must contain"):
         zero_shot_classifier(model, tokenizer, ["a"], ("no placeholder",))
+
+
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_both_loaders_deliver_token_ids_and_attention_masks_for_lit(tmp_path, loader):
+    from data_helpers import make_collection
+    from mawstron.core.data import DataConfig, build_train_loader
+    from mawstron.core.data.captions import read_captions
+    from mawstron.core.data.shards import expand_shards
+
+    make_collection(str(tmp_path), images=16, shard_size=16, size=32)
+    shards = os.path.join(str(tmp_path), "train-*.tar")
+    captions = list(read_captions(expand_shards(shards)))
+    assert len(captions) == 16 and any("#" in c for c in captions)
+    tokenizer = train_tokenizer(captions, 120, context_length=12)
+    cfg = DataConfig(source="shards", shards=shards, loader=loader, num_workers=1, dali_device="cpu")
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_train_loader(cfg, stage="lit", img_size=16, micro_batch=4)
+    ld = build_train_loader(cfg, stage="lit", img_size=16, micro_batch=4, tokenizer=tokenizer)
+    batch = next(iter(ld))
+    assert batch["images"].shape == (4, 3, 16, 16) and "targets" not in batch
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape == (4, 14) and ids.dtype == torch.long
+    assert (ids[:, 0] == 0).all() and (mask[:, 0] == 1).all()  # <s> first
+    assert ((ids == 1) == (mask == 0)).all()  # padding exactly where the mask is 0
+    ld.close()
+
+
+def test_pretrained_text_tower_and_tokenizer_load_from_a_local_folder(tmp_path):
+    """``lit.text_model`` names a Hugging Face model (``xlm-roberta-base``) or a local copy of one: weights come
+    from ``from_pretrained`` and the tokenizer from the same folder (here a saved tiny tower, no network)."""
+    from mawstron.core.clip import create_text_tower
+    from mawstron.core.text import load_tokenizer
+
+    folder = str(tmp_path / "tiny-xlmr")
+    source = create_text_tower(TINY_LIT)
+    source.save_pretrained(folder)
+    train_tokenizer(["my red circle #love", "a blue square"] * 20, 64, 8).save(os.path.join(folder, "tokenizer.json"))
+    lit = LitConfig(**{**TINY_LIT.__dict__, "text_model": folder})
+    model = create_clip("vit_micro", lit)
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(model.text_encoder.state_dict()[name], value, msg=name)
+    tokenizer = load_tokenizer(folder, lit.context_length)
+    assert tokenize(tokenizer, ["my red circle"])["input_ids"].shape == (1, 10)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "missing" / "tokenizer.json"), 8)
