@@ -98,7 +98,9 @@ def broken(tmp_path_factory):
     make_collection(out, images=32, shard_size=8, size=32, eval_images=0)
     break_jpeg(os.path.join(out, "train-000000.tar"), "000000002", how="truncate")
     break_jpeg(os.path.join(out, "train-000000.tar"), "000000005", how="garbage")
+    # a sample's metadata is its .json or its .txt (which one depends on the generator's draws): drop both
     drop_member(os.path.join(out, "train-000001.tar"), "000000009.json")
+    drop_member(os.path.join(out, "train-000001.tar"), "000000009.txt")
     drop_member(os.path.join(out, "train-000001.tar"), "000000011.txt")
     drop_member(os.path.join(out, "train-000001.tar"), "000000011.json")
     path = os.path.join(out, "train-000002.tar")
