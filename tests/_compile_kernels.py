@@ -26,9 +26,6 @@ import json
 import os
 import sys
 
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    sys.exit("run without TRITON_INTERPRET")
-
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -231,6 +228,8 @@ def main(argv=None):
                         help="with --table: only the entries of this dtype (repeatable)")
     parser.add_argument("--json", help="write each kernel's PTX counts and shared memory here")
     args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("run without TRITON_INTERPRET")
     ok, results = True, {}
     if args.table:
         work = list(table_jobs(args.dtype))
@@ -255,6 +254,7 @@ def main(argv=None):
         print(f"ok    {label}  (wgmma {counts['wgmma']}, mma.sync {counts['mma_sync']}, "
               f"shared memory {counts['shared_bytes']} B)", flush=True)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(dict(triton=triton.__version__, kernels=results), f, indent=1)
     print("ALL OK" if ok else "SOME FAILED")

@@ -36,7 +36,12 @@ EXPENSIVE = {
     r"^(deepspeed|torchrun)\b": "starts a training run",
     r"^mawstron train\b(?!.*--dry-run)": "starts a training run",
     r"^mawstron (bench|eval|consolidate)\b": "trains, or reads `make demo`'s checkpoints",
+    r"^mawstron weights get\b": "downloads released weights (the network)",
+    r"^mawstron data from-folder\b": "converts the user's own image folders (placeholder paths here)",
+    r"^(python|\.venv/bin/python) tests/_compile_kernels\.py\b": "compiles every preset shape for sm_90 (minutes)",
+    r"^mawstron (features|show-mae)\b": "reads `make demo`'s checkpoints or the released weights",
     r"^(python|\.venv/bin/python) benchmarks/": "benchmarks (minutes on a CPU)",
+    r"^benchmarks/gpu_check\.sh(?!.*--dry-run)": "needs a GPU",
     r"\bpytest\b": "the test suite itself",
 }
 
