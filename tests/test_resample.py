@@ -26,6 +26,8 @@ def test_power_of_each_mode_and_bad_settings():
         DataConfig(resample="sqrt", resample_power=2.0)
     with pytest.raises(ValueError, match="epoch_size"):
         DataConfig(epoch_size=-1)
+    with pytest.raises(ValueError, match="min_crop_area"):
+        DataConfig(min_crop_area=1.5)
     assert parse_tail("none") == 0.0 and parse_tail("zipf:1.1") == 1.1
     for bad in ("zipf", "zipf:0", "zipf:x", "pareto:1"):
         with pytest.raises(ValueError, match="zipf:S"):
