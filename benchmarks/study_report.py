@@ -2,7 +2,7 @@
 
 Used by study.py; a function of the result dict only, so a report can be rewritten from a saved study.json:
 
-    python benchmarks/study_report.py benchmarks/results/study.json
+    python benchmarks/study_report.py benchmarks/results/study.json [--note "how this run was sized"]
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
 
 def _stats(values: list[float]) -> dict:
@@ -46,11 +45,12 @@ def _diff(a: dict, b: dict) -> tuple[float, float]:
     return a["mean"] - b["mean"], math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
 
 
-def _verdict(a: dict, b: dict, better: str, worse: str) -> str:
+def _verdict(a: dict, b: dict, better: str, worse: str, pct: bool = True) -> str:
     d, se = _diff(a, b)
+    fmt = (lambda x: f"{x:+.1%}") if pct else (lambda x: f"{x:+.3f}")
     if se == 0 or abs(d) <= 2 * se:
-        return f"within noise (difference {d:+.1%}, 2 standard errors {2 * se:.1%})"
-    return f"{better if d > 0 else worse} (difference {d:+.1%} > 2 standard errors {2 * se:.1%})"
+        return f"within noise (difference {fmt(d)}, 2 standard errors {fmt(2 * se)[1:]})"
+    return f"{better if d > 0 else worse} (difference {fmt(d)} > 2 standard errors {fmt(2 * se)[1:]})"
 
 
 def findings(result: dict) -> list[str]:
@@ -64,15 +64,19 @@ def findings(result: dict) -> list[str]:
     mae = summary.get("mae")
     n = min(v["linear_probe"]["n"] for v in summary.values())
     if b and c:
+        learned = max(b["linear_probe"]["mean"], c["linear_probe"]["mean"]) > 0.6
         lines.append(
             f"Learning: at {max(fracs):.0%} of the WSP steps the linear probe reaches {pm(b['linear_probe'])} for WSP "
             f"from scratch (b) and {pm(c['linear_probe'])} for MAWS (c), MAE alone {pm(mae['linear_probe'])}; "
-            f"chance is {chance:.1%}.")
-        d = c["mean_loss"]["mean"] - b["mean_loss"]["mean"]
+            f"chance is {chance:.1%}. " + (
+                "The WSP arms learned (over 60%)." if learned else
+                "The WSP arms stayed far below 60%: at this size the encoders are undertrained, so the comparisons "
+                "below are between weak encoders."))
         lines.append(
             f"WSP convergence: mean WSP loss over the run {pm(c['mean_loss'], False)} for (c) vs "
             f"{pm(b['mean_loss'], False)} for (b), final {pm(c['final_loss'], False)} vs {pm(b['final_loss'], False)}: "
-            f"(c) {'converged faster' if d < 0 else 'did not converge faster'}.")
+            f"(c)'s mean loss is "
+            + _verdict(c["mean_loss"], b["mean_loss"], "higher (slower)", "lower (faster)", pct=False) + ".")
     for f in fracs:
         bf, cf = summary.get(f"wsp_scratch@{f:g}"), summary.get(f"maws@{f:g}")
         if bf and cf:
@@ -84,11 +88,14 @@ def findings(result: dict) -> list[str]:
                  and summary[f"maws@{f:g}"]["linear_probe"]["mean"] >= b["linear_probe"]["mean"]]
         lines.append("Fewer WSP steps: " + (
             f"MAWS with {min(reach):.0%} of the steps matches or beats WSP from scratch with {max(fracs):.0%} "
-            f"(linear probe, means)." if reach else
+            f"on the mean linear probe (" + _verdict(summary[f"maws@{min(reach):g}"]["linear_probe"],
+                                                     b["linear_probe"], "better", "worse") + ")."
+            if reach else
             f"no MAWS length matches WSP from scratch with {max(fracs):.0%} of the steps (linear probe, means)."))
     if b and c and "linear_probe_tail_classes" in c:
         lines.append(
-            f"Head vs tail classes (linear probe, {max(fracs):.0%} steps): (b) head {pm(b['linear_probe_head_classes'])}, "
+            f"Head vs tail classes (linear probe, {max(fracs):.0%} steps): (b) head "
+            f"{pm(b['linear_probe_head_classes'])}, "
             f"tail {pm(b['linear_probe_tail_classes'])}; (c) head {pm(c['linear_probe_head_classes'])}, tail "
             f"{pm(c['linear_probe_tail_classes'])}. On tail classes (c) is "
             + _verdict(c["linear_probe_tail_classes"], b["linear_probe_tail_classes"], "better", "worse") + ".")
@@ -129,8 +136,10 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
         f"Data: `mawstron data synth --tail {s['tail']}` ({s['images']} training images with noisy hashtags, "
         f"{s['size']} px, {data.get('vocab_size')} hashtags in the vocabulary; {s['eval_images']} class-balanced "
         f"labelled images in each of the probe-train and test splits, {data['num_classes']} classes). Head classes: "
-        f"{', '.join(tail.get('head_classes', [])) or '-'}; tail classes: {', '.join(tail.get('tail_classes', [])) or '-'}. "
-        f"Model: `{model}` on {s['ranks']} rank(s) (DeepSpeed ZeRO-3, {s['precision']}), micro-batch {s['micro_batch']}. "
+        f"{', '.join(tail.get('head_classes', [])) or '-'}; tail classes: "
+        f"{', '.join(tail.get('tail_classes', [])) or '-'}. "
+        f"Model: `{model}` on {s['ranks']} rank(s) (DeepSpeed ZeRO-3, {s['precision']}), "
+        f"micro-batch {s['micro_batch']}. "
         f"(a) MAE {s['mae_steps']} steps; WSP {s['wsp_steps']} steps at 100% (lr {s['wsp_lr']:g}, warmup 10%, cosine), "
         f"(b) and (c) with the same data, seeds and schedule; (c) starts from the same seed's (a). Evaluation: frozen "
         f"features ({s['pool']} pooling), linear probe (L2 chosen on a hold-out), k-shot logistic regression "
@@ -150,7 +159,9 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
         cells += [pm(a[c]) if c in a else "-" for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Chance accuracy: {1 / data['num_classes']:.1%}. Final train loss is MAE's reconstruction loss "
-              f"for (a) and the WSP cross-entropy for the others.", "", "## What it shows", ""]
+              f"for (a) and the WSP cross-entropy for the others; the re-sampled arm's is measured on its own "
+              f"stream, where tail tags weigh more, so it is not comparable with the others'.", "",
+              "## What it shows", ""]
     lines += [f"- {x}" for x in result["findings"]]
     lines += ["", f"![loss curves, WSP-length sweep, head/tail accuracy]({plot_name})", ""]
     with open(path, "w") as f:
@@ -225,10 +236,20 @@ def write_plot(result: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
+    import argparse
+
+    cli = argparse.ArgumentParser(description="rewrite study.md/.png (and the summary in study.json) from study.json")
+    cli.add_argument("json")
+    cli.add_argument("--note", default="", help="a paragraph put under the header (e.g. how this run was sized)")
+    opts = cli.parse_args()
+    with open(opts.json) as f:
         saved = json.load(f)
-    stem = os.path.splitext(sys.argv[1])[0]
+    stem = os.path.splitext(opts.json)[0]
     saved["summary"] = aggregate(saved)
     saved["findings"] = findings(saved)
-    write_markdown(saved, stem + ".md", os.path.basename(stem) + ".png")
+    if opts.note:
+        saved["note"] = opts.note
+    with open(opts.json, "w") as f:
+        json.dump(saved, f, indent=1)
+    write_markdown(saved, stem + ".md", os.path.basename(stem) + ".png", note=saved.get("note", ""))
     write_plot(saved, stem + ".png")
