@@ -98,7 +98,9 @@ def findings(result: dict) -> list[str]:
             f"{pm(b['linear_probe_head_classes'])}, "
             f"tail {pm(b['linear_probe_tail_classes'])}; (c) head {pm(c['linear_probe_head_classes'])}, tail "
             f"{pm(c['linear_probe_tail_classes'])}. On tail classes (c) is "
-            + _verdict(c["linear_probe_tail_classes"], b["linear_probe_tail_classes"], "better", "worse") + ".")
+            + _verdict(c["linear_probe_tail_classes"], b["linear_probe_tail_classes"], "better", "worse")
+            + "; on head classes "
+            + _verdict(c["linear_probe_head_classes"], b["linear_probe_head_classes"], "better", "worse") + ".")
     shots = [k for k in (int(x) for x in s["shots"].split(",") if x) if b and f"{k}_shot" in b]
     for k in shots:
         lines.append(f"{k}-shot: (c) {pm(c[f'{k}_shot'])} vs (b) {pm(b[f'{k}_shot'])}: (c) is "
