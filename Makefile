@@ -56,10 +56,12 @@ demo: $(STAMP)
 	@echo "  encoder + head    $(DEMO_DIR)/vit_tiny_maws.safetensors (timm keys)"
 	@echo "  LiT (zero-shot)   $(DEMO_DIR)/lit/metrics.jsonl   checkpoints $(DEMO_DIR)/lit/checkpoints (+ tokenizer.json)"
 
-# The MAWS study in miniature (MAE vs WSP vs MAE -> WSP, linear probe and k-shot): benchmarks/results/study.*
+# The MAWS study in miniature (MAE vs WSP vs MAE -> WSP, WSP-length sweep, sqrt re-sampling; linear probe, head/tail
+# classes, k-shot; mean +- std over SEEDS seeds): benchmarks/results/study.*
 STUDY_ARGS ?=
+SEEDS ?= 3
 study: $(STAMP)
-	$(BIN)/python benchmarks/study.py --results benchmarks/results $(STUDY_ARGS)
+	$(BIN)/python benchmarks/study.py --results benchmarks/results --seeds $(SEEDS) $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache runs

@@ -32,7 +32,12 @@ def run_stats(args) -> int:
     except (ValueError, OSError) as e:
         print(f"mawstron data stats: {e}", file=sys.stderr)
         return 2
-    report.update(shards=len(shards), vocab=args.vocab, resample=args.resample)
+    import datetime
+
+    from mawstron.parallel.bench import git_commit
+
+    report.update(shards=len(shards), vocab=args.vocab, resample=args.resample, commit=git_commit(),
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     rows = report["tags"]
     shown = rows if len(rows) <= 2 * args.top else rows[:args.top] + [None] + rows[-args.top:]
     print(f"{report['images']} images ({report['images_without_known_tag']} without a known tag, never drawn), "
@@ -49,7 +54,8 @@ def run_stats(args) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     if args.plot:
-        write_distribution_plot(report, args.plot, title=f"{args.shards} ({report['images']} images)")
+        write_distribution_plot(report, args.plot, title=f"{args.shards} ({report['images']} images); "
+                                                          f"{report['date'][:10]}, commit {report['commit']}")
         print(f"plot -> {args.plot}")
     return 0
 

@@ -26,6 +26,8 @@ def test_power_of_each_mode_and_bad_settings():
         DataConfig(resample="sqrt", resample_power=2.0)
     with pytest.raises(ValueError, match="epoch_size"):
         DataConfig(epoch_size=-1)
+    with pytest.raises(ValueError, match="min_crop_area"):
+        DataConfig(min_crop_area=1.5)
     assert parse_tail("none") == 0.0 and parse_tail("zipf:1.1") == 1.1
     for bad in ("zipf", "zipf:0", "zipf:x", "pareto:1"):
         with pytest.raises(ValueError, match="zipf:S"):
@@ -119,7 +121,8 @@ def test_sqrt_resampling_raises_the_tail_share_toward_the_target(tailed, loader)
     ld = build_train_loader(cfg, stage="wsp", img_size=16, micro_batch=100, seed=1)
     targets = np.concatenate([b["targets"].numpy() for b in itertools.islice(iter(ld), 30)])  # 3000 samples
     measured = _tail_share(targets, tail)
-    print(f"{loader}: tail share natural {natural:.4f} measured {measured:.4f} expected {expected:.4f} target {target:.4f}")
+    print(f"{loader}: tail share natural {natural:.4f} measured {measured:.4f} expected {expected:.4f} "
+          f"target {target:.4f}")
     assert measured > natural + 0.6 * (expected - natural), (natural, measured, expected, target)
     assert abs(measured - expected) < 0.35 * (expected - natural) + 0.01
     ld.close()

@@ -27,6 +27,7 @@ class DataConfig:
     # WSP re-sampling of long-tailed hashtags (resample.py): none | sqrt | inverse; the power overrides the mode's
     # (sqrt 0.5, inverse 0); an epoch is a weighted draw with replacement of epoch_size images (0: all of them)
     resample: str = "none"
+    min_crop_area: float = 0.0  # RandomResizedCrop's smallest area share; 0: the stage's (MAE 0.2, WSP 0.08)
     resample_power: float = -1.0
     epoch_size: int = 0
 
@@ -45,6 +46,8 @@ class DataConfig:
 
         resample_power(self.resample, self.resample_power)
         rank_epoch_size(self.epoch_size, 1, 1)
+        if not 0.0 <= self.min_crop_area <= 1.0:
+            raise ValueError(f"data.min_crop_area must be in [0, 1] (0: the stage's default), got {self.min_crop_area}")
 
 
 def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batch: int, rank: int = 0,

@@ -19,6 +19,13 @@ CROP_RATIO = (3 / 4, 4 / 3)
 STAGES = tuple(CROP_SCALE)
 
 
+def crop_scale(cfg, stage: str) -> tuple[float, float]:
+    """The stage's crop area range, or ``(data.min_crop_area, 1)`` when that is set (small images with one
+    object: an 8% crop of a 32 px image rarely still shows the object its hashtags name)."""
+    minimum = getattr(cfg, "min_crop_area", 0.0)
+    return (minimum, 1.0) if minimum else CROP_SCALE[stage]
+
+
 class RankShards:
     """Shards of ``cfg.shards`` that ``rank`` reads, their indexes, and what indexing left out."""
 

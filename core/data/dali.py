@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 
-from .common import CROP_RATIO, CROP_SCALE, RankShards, check_resample_state, decode_metas
+from .common import CROP_RATIO, CROP_SCALE, RankShards, check_resample_state, crop_scale, decode_metas
 from .loader import IMAGENET_MEAN, IMAGENET_STD
 
 RESAMPLED_DRAWS_PER_INDEX = 16384  # the DALI stream repeats its re-sampled draws after about this many samples
@@ -64,7 +64,7 @@ def resolve_device(setting: str) -> str:
 
 
 def build_pipeline(*, paths, index_paths, shard_id, num_shards, stage, img_size, micro_batch, num_threads, seed,
-                   device, shuffle_buffer, checkpoint=None, with_meta=True):
+                   device, shuffle_buffer, checkpoint=None, with_meta=True, scale=None):
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -83,7 +83,7 @@ def build_pipeline(*, paths, index_paths, shard_id, num_shards, stage, img_size,
             random_shuffle=shuffle_buffer > 1, initial_fill=max(shuffle_buffer, 1), seed=seed, name="reader",
             dtypes=[types.UINT8, types.UINT8], missing_component_behavior="error")
         images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
-        images = fn.random_resized_crop(images, size=[img_size, img_size], random_area=list(CROP_SCALE[stage]),
+        images = fn.random_resized_crop(images, size=[img_size, img_size], random_area=list(scale or CROP_SCALE[stage]),
                                         random_aspect_ratio=list(CROP_RATIO))
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
                                           mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD],
@@ -132,7 +132,8 @@ class DaliShardLoader:
             paths=paths, index_paths=index_paths,
             shard_id=shard_id, num_shards=num_shards, stage=self.stage, img_size=self.img_size,
             micro_batch=self.micro_batch, num_threads=self.threads, seed=self.seed, device=self.device,
-            shuffle_buffer=self.shuffle_buffer, checkpoint=self._checkpoint, with_meta=with_meta)
+            shuffle_buffer=self.shuffle_buffer, checkpoint=self._checkpoint, with_meta=with_meta,
+            scale=crop_scale(self.shards.cfg, self.stage))
         names = ["images", "meta"] if with_meta else ["images"]
         # no reader_name: the reader wraps around epochs and the stream never ends
         self._iter = DALIGenericIterator([pipe], names, size=-1, auto_reset=False,

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .common import CROP_RATIO, CROP_SCALE, RankShards, check_resample_state
+from .common import CROP_RATIO, RankShards, check_resample_state, crop_scale
 from .loader import IMAGENET_MEAN, IMAGENET_STD
 from .shards import parse_meta
 
@@ -68,7 +68,7 @@ class _BatchStream(torch.utils.data.IterableDataset):
         self.shards, self.size, self.batch = shards, img_size, micro_batch
         self.draws = draws  # data.resample: position p is draw p of the weighted epoch draws instead
         self.seed, self.rank, self.start = seed, rank, start
-        self.scale = CROP_SCALE[shards.stage]
+        self.scale = crop_scale(shards.cfg, shards.stage)
         self._files: dict[str, object] = {}
         self._perms: dict[int, np.ndarray] = {}
 

@@ -1,0 +1,257 @@
+"""The study's report: mean +- std over seeds for every arm and metric, what the numbers show, the table, the plot.
+
+Used by study.py; a function of the result dict only, so a report can be rewritten from a saved study.json:
+
+    python benchmarks/study_report.py benchmarks/results/study.json [--note "how this run was sized"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n, "values": values}
+
+
+def aggregate(result: dict) -> dict:
+    """{arm: {quantity: {mean, std (sample, ddof=1), n, values}}} over the arm's seeds."""
+    out = {}
+    for arm in result["arms"]:
+        runs = [r for r in result["runs"] if r["arm"] == arm["name"]]
+        if not runs:
+            continue
+        summary = {q: _stats([r[q] for r in runs]) for q in ("final_loss", "mean_loss", "seconds")}
+        for metric in runs[0]["metrics"]:
+            summary[metric] = _stats([r["metrics"][metric] for r in runs])
+        summary["steps"] = runs[0]["steps"]
+        out[arm["name"]] = summary
+    return out
+
+
+def pm(s: dict, pct: bool = True) -> str:
+    if pct:
+        return f"{s['mean']:.1%} ± {s['std']:.1%}"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _diff(a: dict, b: dict) -> tuple[float, float]:
+    """a - b and its standard error (independent seeds)."""
+    return a["mean"] - b["mean"], math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+
+
+def _verdict(a: dict, b: dict, better: str, worse: str, pct: bool = True) -> str:
+    d, se = _diff(a, b)
+    fmt = (lambda x: f"{x:+.1%}") if pct else (lambda x: f"{x:+.3f}")
+    if se == 0 or abs(d) <= 2 * se:
+        return f"within noise (difference {fmt(d)}, 2 standard errors {fmt(2 * se)[1:]})"
+    return f"{better if d > 0 else worse} (difference {fmt(d)} > 2 standard errors {fmt(2 * se)[1:]})"
+
+
+def findings(result: dict) -> list[str]:
+    """What the numbers say, in sentences, whichever way they go."""
+    s, summary = result["settings"], result["summary"]
+    fracs = s["fraction_list"]
+    full = f"{max(fracs):g}"
+    lines = []
+    chance = 1.0 / result["data"]["num_classes"]
+    b, c = summary.get(f"wsp_scratch@{full}"), summary.get(f"maws@{full}")
+    mae = summary.get("mae")
+    n = min(v["linear_probe"]["n"] for v in summary.values())
+    if b and c:
+        learned = max(b["linear_probe"]["mean"], c["linear_probe"]["mean"]) > 0.6
+        lines.append(
+            f"Learning: at {max(fracs):.0%} of the WSP steps the linear probe reaches {pm(b['linear_probe'])} for WSP "
+            f"from scratch (b) and {pm(c['linear_probe'])} for MAWS (c), MAE alone {pm(mae['linear_probe'])}; "
+            f"chance is {chance:.1%}. " + (
+                "The WSP arms learned (over 60%)." if learned else
+                "The WSP arms stayed far below 60%: at this size the encoders are undertrained, so the comparisons "
+                "below are between weak encoders."))
+        lines.append(
+            f"WSP convergence: mean WSP loss over the run {pm(c['mean_loss'], False)} for (c) vs "
+            f"{pm(b['mean_loss'], False)} for (b), final {pm(c['final_loss'], False)} vs {pm(b['final_loss'], False)}: "
+            f"(c)'s mean loss is "
+            + _verdict(c["mean_loss"], b["mean_loss"], "higher (slower)", "lower (faster)", pct=False) + ".")
+    for f in fracs:
+        bf, cf = summary.get(f"wsp_scratch@{f:g}"), summary.get(f"maws@{f:g}")
+        if bf and cf:
+            lines.append(f"{f:.0%} of the WSP steps: linear probe (c) {pm(cf['linear_probe'])} vs (b) "
+                         f"{pm(bf['linear_probe'])}: (c) is "
+                         + _verdict(cf["linear_probe"], bf["linear_probe"], "better", "worse") + ".")
+    if b:
+        reach = [f for f in fracs if summary.get(f"maws@{f:g}")
+                 and summary[f"maws@{f:g}"]["linear_probe"]["mean"] >= b["linear_probe"]["mean"]]
+        lines.append("Fewer WSP steps: " + (
+            f"MAWS with {min(reach):.0%} of the steps matches or beats WSP from scratch with {max(fracs):.0%} "
+            f"on the mean linear probe (" + _verdict(summary[f"maws@{min(reach):g}"]["linear_probe"],
+                                                     b["linear_probe"], "better", "worse") + ")."
+            if reach else
+            f"no MAWS length matches WSP from scratch with {max(fracs):.0%} of the steps (linear probe, means)."))
+    if b and c and "linear_probe_tail_classes" in c:
+        lines.append(
+            f"Head vs tail classes (linear probe, {max(fracs):.0%} steps): (b) head "
+            f"{pm(b['linear_probe_head_classes'])}, "
+            f"tail {pm(b['linear_probe_tail_classes'])}; (c) head {pm(c['linear_probe_head_classes'])}, tail "
+            f"{pm(c['linear_probe_tail_classes'])}. On tail classes (c) is "
+            + _verdict(c["linear_probe_tail_classes"], b["linear_probe_tail_classes"], "better", "worse")
+            + "; on head classes "
+            + _verdict(c["linear_probe_head_classes"], b["linear_probe_head_classes"], "better", "worse") + ".")
+    shots = [k for k in (int(x) for x in s["shots"].split(",") if x) if b and f"{k}_shot" in b]
+    for k in shots:
+        lines.append(f"{k}-shot: (c) {pm(c[f'{k}_shot'])} vs (b) {pm(b[f'{k}_shot'])}: (c) is "
+                     + _verdict(c[f"{k}_shot"], b[f"{k}_shot"], "better", "worse") + ".")
+    r = summary.get("maws_sqrt@1")
+    if r and c:
+        text = (f"Square-root re-sampling, (c) with vs without: linear probe {pm(r['linear_probe'])} vs "
+                f"{pm(c['linear_probe'])} ({_verdict(r['linear_probe'], c['linear_probe'], 'better', 'worse')})")
+        if "linear_probe_tail_classes" in r:
+            text += (f"; tail classes {pm(r['linear_probe_tail_classes'])} vs {pm(c['linear_probe_tail_classes'])} "
+                     f"({_verdict(r['linear_probe_tail_classes'], c['linear_probe_tail_classes'], 'better', 'worse')})")
+        lines.append(text + ".")
+    lines.append(f"{n} seeds per arm; ± is the sample standard deviation over seeds; a difference counts only when "
+                 f"it exceeds 2 standard errors of the difference of the means (about a 95% test).")
+    return lines
+
+
+def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> None:
+    s, summary = result["settings"], result["summary"]
+    shots = [int(k) for k in s["shots"].split(",") if k]
+    data = result["data"]
+    tail = data.get("tail", {})
+    model = s["preset"] + "".join(f", {k} {s[k]}" for k in ("depth", "embed_dim", "num_heads") if s.get(k))
+    lines = [
+        "# The MAWS study in miniature, with error bars",
+        "",
+        f"Date {result['date']}, device {result['device']}, commit `{result['commit']}`"
+        f"{' (QUICK MODE: plumbing check, not a result)' if s['quick'] else ''}; "
+        f"{s['seeds']} seeds per arm, wall time {result['seconds'] / 60:.0f} min.",
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    lines += [
+        f"Data: `mawstron data synth --tail {s['tail']}` ({s['images']} training images with noisy hashtags, "
+        f"{s['size']} px, {data.get('vocab_size')} hashtags in the vocabulary; {s['eval_images']} class-balanced "
+        f"labelled images in each of the probe-train and test splits, {data['num_classes']} classes). Head classes: "
+        f"{', '.join(tail.get('head_classes', [])) or '-'}; tail classes: "
+        f"{', '.join(tail.get('tail_classes', [])) or '-'}. "
+        f"Model: `{model}` on {s['ranks']} rank(s) (DeepSpeed ZeRO-3, {s['precision']}), "
+        f"micro-batch {s['micro_batch']}. "
+        f"(a) MAE {s['mae_steps']} steps; WSP {s['wsp_steps']} steps at 100% (lr {s['wsp_lr']:g}, warmup 10%, cosine), "
+        f"(b) and (c) with the same data, seeds and schedule; (c) starts from the same seed's (a). Evaluation: frozen "
+        f"features ({s['pool']} pooling), linear probe (L2 chosen on a hold-out), k-shot logistic regression "
+        f"averaged over {s['draws']} draws. Cells: mean ± std over seeds.",
+        "",
+    ]
+    cols = ["linear_probe", "linear_probe_head_classes", "linear_probe_tail_classes"] + [f"{k}_shot" for k in shots]
+    names = {"linear_probe": "linear probe", "linear_probe_head_classes": "head classes",
+             "linear_probe_tail_classes": "tail classes"} | {f"{k}_shot": f"{k}-shot" for k in shots}
+    lines.append("| arm | steps | final train loss | " + " | ".join(names[c] for c in cols) + " |")
+    lines.append("|" + "---|" * (3 + len(cols)))
+    for arm in result["arms"]:
+        a = summary.get(arm["name"])
+        if not a:
+            continue
+        cells = [arm["label"], str(a["steps"]), pm(a["final_loss"], False)]
+        cells += [pm(a[c]) if c in a else "-" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Chance accuracy: {1 / data['num_classes']:.1%}. Final train loss is MAE's reconstruction loss "
+              f"for (a) and the WSP cross-entropy for the others; the re-sampled arm's is measured on its own "
+              f"stream, where tail tags weigh more, so it is not comparable with the others'.", "",
+              "## What it shows", ""]
+    lines += [f"- {x}" for x in result["findings"]]
+    lines += ["", f"![loss curves, WSP-length sweep, head/tail accuracy]({plot_name})", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def write_plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    s, summary = result["settings"], result["summary"]
+    fracs = s["fraction_list"]
+    full = f"{max(fracs):g}"
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = {"wsp_scratch": "tab:orange", "maws": "tab:blue", "maws_sqrt": "tab:purple"}
+    for prefix, label in (("wsp_scratch", "(b) WSP from scratch"), ("maws", "(c) MAWS"),
+                          ("maws_sqrt", "(c) MAWS + sqrt re-sampling")):
+        curves = [r["loss_curve"] for r in result["runs"] if r["arm"] == f"{prefix}@{full}"
+                  or (prefix == "maws_sqrt" and r["arm"] == "maws_sqrt@1")]
+        if not curves:
+            continue
+        steps = [st for st, _ in curves[0]]
+        losses = np.array([[loss for _, loss in c][:len(steps)] for c in curves if len(c) >= len(steps)])
+        mean, std = losses.mean(0), losses.std(0, ddof=1) if len(losses) > 1 else np.zeros(len(steps))
+        ax1.plot(steps, mean, label=label, color=colours[prefix])
+        ax1.fill_between(steps, mean - std, mean + std, color=colours[prefix], alpha=0.2)
+    ax1.set_xlabel("WSP step")
+    ax1.set_ylabel("WSP loss (mean ± std over seeds)")
+    ax1.set_title("WSP convergence (100% steps)")
+    ax1.legend(fontsize=8)
+    for prefix, label in (("wsp_scratch", "(b) WSP from scratch"), ("maws", "(c) MAWS")):
+        pts = [(f, summary[f"{prefix}@{f:g}"]["linear_probe"]) for f in fracs if f"{prefix}@{f:g}" in summary]
+        if pts:
+            ax2.errorbar([f * s["wsp_steps"] for f, _ in pts], [p["mean"] for _, p in pts],
+                         yerr=[p["std"] for _, p in pts], marker="o", capsize=4, label=label, color=colours[prefix])
+    if "maws_sqrt@1" in summary:
+        p = summary["maws_sqrt@1"]["linear_probe"]
+        ax2.errorbar([s["wsp_steps"]], [p["mean"]], yerr=[p["std"]], marker="s", capsize=4, color=colours["maws_sqrt"],
+                     label="(c) MAWS + sqrt re-sampling")
+    if "mae" in summary:
+        p = summary["mae"]["linear_probe"]
+        ax2.axhline(p["mean"], color="tab:green", ls="--", label=f"(a) MAE only ({p['mean']:.0%})")
+    ax2.axhline(1 / result["data"]["num_classes"], color="grey", ls=":", label="chance")
+    ax2.set_xlabel("WSP steps")
+    ax2.set_ylabel("linear probe accuracy (mean ± std)")
+    ax2.set_title("WSP-length sweep")
+    ax2.set_ylim(0, 1)
+    ax2.legend(fontsize=8)
+    bars = [(n, lab) for n, lab in (("mae", "(a)"), (f"wsp_scratch@{full}", "(b)"), (f"maws@{full}", "(c)"),
+                                    ("maws_sqrt@1", "(c) sqrt")) if n in summary]
+    width = 0.38
+    for k, (group, colour) in enumerate((("head", "tab:gray"), ("tail", "tab:red"))):
+        key = f"linear_probe_{group}_classes"
+        vals = [summary[n].get(key) for n, _ in bars]
+        if any(v is None for v in vals):
+            continue
+        ax3.bar([i + k * width for i in range(len(bars))], [v["mean"] for v in vals], width,
+                yerr=[v["std"] for v in vals], capsize=4, color=colour, label=f"{group} classes")
+    ax3.set_xticks([i + width / 2 for i in range(len(bars))], [lab for _, lab in bars])
+    ax3.set_ylabel("linear probe accuracy (mean ± std)")
+    ax3.set_title("Head vs tail classes (100% WSP steps)")
+    ax3.set_ylim(0, 1)
+    ax3.legend(fontsize=8)
+    fig.suptitle(f"MAWS study in miniature, {s['seeds']} seeds: {result['device']}, {result['date'][:10]}, "
+                 f"commit {result['commit']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    cli = argparse.ArgumentParser(description="rewrite study.md/.png (and the summary in study.json) from study.json")
+    cli.add_argument("json")
+    cli.add_argument("--note", default="", help="a paragraph put under the header (e.g. how this run was sized)")
+    opts = cli.parse_args()
+    with open(opts.json) as f:
+        saved = json.load(f)
+    stem = os.path.splitext(opts.json)[0]
+    saved["summary"] = aggregate(saved)
+    saved["findings"] = findings(saved)
+    if opts.note:
+        saved["note"] = opts.note
+    with open(opts.json, "w") as f:
+        json.dump(saved, f, indent=1)
+    write_markdown(saved, stem + ".md", os.path.basename(stem) + ".png", note=saved.get("note", ""))
+    write_plot(saved, stem + ".png")
