@@ -65,7 +65,10 @@ def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
     lines = [f"[dry run] {cfg.name}: config valid; model built on the meta device, nothing allocated",
              json.dumps(to_dict(cfg), indent=1, default=str), format_plan(p),
              f"  minimum {gpu_mem_gib:g} GiB GPUs for this micro-batch: {minimum if minimum else 'none up to 65536'}"]
-    lines.append(schedule_line(cfg, gpus or _smallest_dividing_world(cfg, minimum or 1)))
+    try:
+        lines.append(schedule_line(cfg, gpus or _smallest_dividing_world(cfg, minimum or 1)))
+    except ConfigError as e:  # the plan above still holds; the run itself would refuse to start
+        lines.append(f"  schedule on {gpus} GPUs: refused: {e}")
     if stage not in ("mae", "lit"):
         lines.append("  (WSP head sized for 1000 classes here; the run sizes it from the vocabulary)")
     return "\n".join(lines)
@@ -108,6 +111,8 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
         cfg = resolve_config(cfg, args)
         if args.dry_run:
             print(dry_run_report(cfg, args.gpus, args.gpu_mem_gib), flush=True)
+            if args.gpus:
+                cfg.train.grad_accum_for(args.gpus)  # the dry run's answer for these GPUs: it would not start
             return 0
         # the world size is known before any rank initialises: a global batch that cannot divide ends every
         # rank here, with the same message, instead of hanging in a collective
