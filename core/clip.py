@@ -110,6 +110,13 @@ class CLIP(nn.Module):
     def image_locked(self) -> bool:
         return not any(p.requires_grad for p in self.vision_encoder.parameters())
 
+    def train(self, mode: bool = True):
+        """A locked image tower stays in eval mode (no drop-path): it is a fixed feature extractor."""
+        super().train(mode)
+        if self.image_locked:
+            self.vision_encoder.eval()
+        return self
+
     def no_weight_decay(self) -> set[str]:
         return {"logit_scale"} | {f"vision_encoder.{n}" for n in self.vision_encoder.no_weight_decay()}
 

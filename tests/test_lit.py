@@ -230,3 +230,27 @@ def test_pretrained_text_tower_and_tokenizer_load_from_a_local_folder(tmp_path):
     assert tokenize(tokenizer, ["my red circle"])["input_ids"].shape == (1, 10)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(str(tmp_path / "missing" / "tokenizer.json"), 8)
+
+
+def test_plan_counts_the_text_tower_the_frozen_image_tower_and_the_all_gather():
+    import dataclasses
+
+    from mawstron.core import count_parameters, create_vit
+    from mawstron.parallel.lit import maws_clip_lit
+    from mawstron.parallel.plan import GIB, contrastive_bytes, plan
+
+    lit = maws_clip_lit("vit_b16")
+    assert (lit.text_width, lit.text_depth, lit.vocab_size, lit.embed_dim) == (768, 12, 250002, 768)
+    locked = plan("vit_b16", "lit", 8, 80.0, 128, lit=lit)
+    with torch.device("meta"):
+        vision = count_parameters(create_vit("vit_b16"))
+    assert locked.frozen_params == vision
+    assert 277e6 < locked.text_params < 280e6  # XLM-R Base (278M) + the two projections and the logit scale
+    assert locked.largest_layer_params == 250002 * 768  # the word embedding
+    # model states: parameters of both towers, gradients and Adam states of the text tower only
+    assert locked.params_gib == pytest.approx(2 * locked.total_params / 8 / GIB)
+    assert locked.optimizer_gib == pytest.approx(12 * locked.text_params / 8 / GIB)
+    assert locked.contrastive_gib == pytest.approx(contrastive_bytes(128, 8, 768) / GIB)
+    unlocked = plan("vit_b16", "lit", 8, 80.0, 128, lit=dataclasses.replace(lit, unlock_image=True))
+    assert unlocked.frozen_params == 0 and unlocked.optimizer_gib > locked.optimizer_gib
+    assert unlocked.activations_gib > locked.activations_gib

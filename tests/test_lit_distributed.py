@@ -112,3 +112,14 @@ def test_consolidated_maws_clip_file_and_zero_shot_eval(lit_data, lit_run):
         assert 0.0 <= results[0][key] <= 1.0
         assert results[0][key] == pytest.approx(results[1][key])  # same model either way
     assert results[0]["zero_shot_top5"] >= results[0]["zero_shot_top1"]
+
+
+def test_unlocked_image_tower_trains(lit_data):
+    root, data, encoder = lit_data
+    run_dir = os.path.join(root, "lit_unlocked")
+    out = run("vit_tiny_lit.py", overrides(run_dir, data, encoder)
+              + ["train.steps=1", "lit.unlock_image=true", "lit.image_lr_scale=0.1"], cwd=root)
+    assert out.returncode == 0, out.stdout[-4000:]
+    state = read_zero_checkpoint(os.path.join(run_dir, "checkpoints"))
+    loaded = load_file(encoder)
+    assert not torch.equal(state["vision_encoder.blocks.0.attn.qkv.weight"], loaded["blocks.0.attn.qkv.weight"])
