@@ -66,6 +66,45 @@ def _load_1d(ptrs, mask, MASK: tl.constexpr):
     return x
 
 
+@triton.jit
+def _head_dim_chunks(D, D0: tl.constexpr, D1: tl.constexpr):
+    """Head-dim offsets of the power-of-two part and of the tail, and which of their lanes are real."""
+    d0 = tl.arange(0, D0)
+    d1 = D0 + tl.arange(0, D1)
+    return d0, d1, d0 < D, d1 < D
+
+
+@triton.jit
+def _load_rows(base, rows, mask_rows, s_row, s_d, d0, d1, mask_d0, mask_d1, MASK_ROWS: tl.constexpr,
+               HAS_TAIL: tl.constexpr, MASK_D0: tl.constexpr, MASK_D1: tl.constexpr):
+    """A [rows, head dim] tile as its two head-dim chunks (the second is the first again when there is no tail)."""
+    x0 = _load_2d(base + rows[:, None] * s_row + d0[None, :] * s_d, mask_rows, mask_d0, MASK_ROWS, MASK_D0)
+    x1 = x0
+    if HAS_TAIL:
+        x1 = _load_2d(base + rows[:, None] * s_row + d1[None, :] * s_d, mask_rows, mask_d1, MASK_ROWS, MASK_D1)
+    return x0, x1
+
+
+@triton.jit
+def _load_cols(base, cols, mask_cols, s_col, s_d, d0, d1, mask_d0, mask_d1, MASK_COLS: tl.constexpr,
+               HAS_TAIL: tl.constexpr, MASK_D0: tl.constexpr, MASK_D1: tl.constexpr):
+    """The transposed [head dim, cols] tile as its two head-dim chunks, the right operand of a dot with M = rows."""
+    x0 = _load_2d(base + d0[:, None] * s_d + cols[None, :] * s_col, mask_d0, mask_cols, MASK_D0, MASK_COLS)
+    x1 = x0
+    if HAS_TAIL:
+        x1 = _load_2d(base + d1[:, None] * s_d + cols[None, :] * s_col, mask_d1, mask_cols, MASK_D1, MASK_COLS)
+    return x0, x1
+
+
+@triton.jit
+def _store_rows(base, x0, x1, rows, mask_rows, s_row, s_d, d0, d1, mask_d0, mask_d1, MASK_ROWS: tl.constexpr,
+                HAS_TAIL: tl.constexpr, MASK_D0: tl.constexpr, MASK_D1: tl.constexpr):
+    """Store the two head-dim chunks of a [rows, head dim] tile (``x1`` only when there is a tail)."""
+    _store_2d(base + rows[:, None] * s_row + d0[None, :] * s_d, x0, mask_rows, mask_d0, MASK_ROWS, MASK_D0)
+    if HAS_TAIL:
+        _store_2d(base + rows[:, None] * s_row + d1[None, :] * s_d, x1, mask_rows, mask_d1, MASK_ROWS, MASK_D1)
+
+
 # ----------------------------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_step(m_i, l_i, acc0, acc1, q0, q1, k_base, v_base, start_n, offs_n, d0, d1, mask_d0, mask_d1,
@@ -75,10 +114,9 @@ def _fwd_step(m_i, l_i, acc0, acc1, q0, q1, k_base, v_base, start_n, offs_n, d0,
     """One key block of the online softmax: S = Q K^T (M = query block), P V into the accumulators."""
     cols = start_n + offs_n
     mask_n = cols < N
-    kt0 = _load_2d(k_base + d0[:, None] * skd + cols[None, :] * skn, mask_d0, mask_n, MASK_D0, MASK_N)
+    kt0, kt1 = _load_cols(k_base, cols, mask_n, skn, skd, d0, d1, mask_d0, mask_d1, MASK_N, HAS_TAIL, MASK_D0, MASK_D1)
     s = tl.dot(q0, kt0, input_precision=PRECISION)
     if HAS_TAIL:
-        kt1 = _load_2d(k_base + d1[:, None] * skd + cols[None, :] * skn, mask_d1, mask_n, MASK_D1, MASK_N)
         s = tl.dot(q1, kt1, acc=s, input_precision=PRECISION)
     s = s * qk_scale
     if MASK_N:
@@ -87,11 +125,10 @@ def _fwd_step(m_i, l_i, acc0, acc1, q0, q1, k_base, v_base, start_n, offs_n, d0,
     p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v0 = _load_2d(v_base + cols[:, None] * svn + d0[None, :] * svd, mask_n, mask_d0, MASK_N, MASK_D0)
+    v0, v1 = _load_rows(v_base, cols, mask_n, svn, svd, d0, d1, mask_d0, mask_d1, MASK_N, HAS_TAIL, MASK_D0, MASK_D1)
     p = p.to(v0.dtype)
     acc0 = tl.dot(p, v0, acc=acc0 * alpha[:, None], input_precision=PRECISION)
     if HAS_TAIL:
-        v1 = _load_2d(v_base + cols[:, None] * svn + d1[None, :] * svd, mask_n, mask_d1, MASK_N, MASK_D1)
         acc1 = tl.dot(p, v1, acc=acc1 * alpha[:, None], input_precision=PRECISION)
     return m_new, l_i, acc0, acc1
 
@@ -114,17 +151,11 @@ def _attn_fwd_kernel(
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    d0 = tl.arange(0, D0)
-    d1 = D0 + tl.arange(0, D1)
+    d0, d1, mask_d0, mask_d1 = _head_dim_chunks(D, D0, D1)
     mask_m = offs_m < N
-    mask_d0 = d0 < D
-    mask_d1 = d1 < D
 
-    q_base = Q + b * sqb + h * sqh
-    q0 = _load_2d(q_base + offs_m[:, None] * sqn + d0[None, :] * sqd, mask_m, mask_d0, True, MASK_D0)
-    q1 = q0  # placeholder, replaced when the head dim has a tail
-    if HAS_TAIL:
-        q1 = _load_2d(q_base + offs_m[:, None] * sqn + d1[None, :] * sqd, mask_m, mask_d1, True, MASK_D1)
+    q0, q1 = _load_rows(Q + b * sqb + h * sqh, offs_m, mask_m, sqn, sqd, d0, d1, mask_d0, mask_d1,
+                        True, HAS_TAIL, MASK_D0, MASK_D1)
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
 
@@ -141,12 +172,9 @@ def _attn_fwd_kernel(
         m_i, l_i, acc0, acc1 = _fwd_step(
             m_i, l_i, acc0, acc1, q0, q1, k_base, v_base, n_full, offs_n, d0, d1, mask_d0, mask_d1,
             skn, skd, svn, svd, N, qk_scale, True, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
-    o_base = O + b * sob + h * soh
-    _store_2d(o_base + offs_m[:, None] * son + d0[None, :] * sod, (acc0 / l_i[:, None]).to(O.dtype.element_ty),
-              mask_m, mask_d0, True, MASK_D0)
-    if HAS_TAIL:
-        _store_2d(o_base + offs_m[:, None] * son + d1[None, :] * sod, (acc1 / l_i[:, None]).to(O.dtype.element_ty),
-                  mask_m, mask_d1, True, MASK_D1)
+    _store_rows(O + b * sob + h * soh, (acc0 / l_i[:, None]).to(O.dtype.element_ty),
+                (acc1 / l_i[:, None]).to(O.dtype.element_ty), offs_m, mask_m, son, sod, d0, d1, mask_d0, mask_d1,
+                True, HAS_TAIL, MASK_D0, MASK_D1)
     tl.store(LSE + pid_bh * N + offs_m, m_i + tl.log2(l_i), mask=mask_m)
 
 
@@ -183,16 +211,12 @@ def _bwd_query_step(dk0, dk1, dv0, dv1, k0, k1, v0, v1, mask_n,
     """One query block against the program's key block, transposed so every dot has M = the key block."""
     rows = start_m + offs_m
     mask_m = rows < N
-    qt0 = _load_2d(q_base + d0[:, None] * sqd + rows[None, :] * sqn, mask_d0, mask_m, MASK_D0, MASK_M)
-    do0 = _load_2d(do_base + rows[:, None] * sdn + d0[None, :] * sdd, mask_m, mask_d0, MASK_M, MASK_D0)
+    qt0, qt1 = _load_cols(q_base, rows, mask_m, sqn, sqd, d0, d1, mask_d0, mask_d1, MASK_M, HAS_TAIL, MASK_D0, MASK_D1)
+    do0, do1 = _load_rows(do_base, rows, mask_m, sdn, sdd, d0, d1, mask_d0, mask_d1, MASK_M, HAS_TAIL, MASK_D0, MASK_D1)
     lse = _load_1d(lse_base + rows, mask_m, MASK_M)
     delta = _load_1d(delta_base + rows, mask_m, MASK_M)
     st = tl.dot(k0, qt0, input_precision=PRECISION)  # S^T: [keys, queries]
-    qt1 = qt0
-    do1 = do0
     if HAS_TAIL:
-        qt1 = _load_2d(q_base + d1[:, None] * sqd + rows[None, :] * sqn, mask_d1, mask_m, MASK_D1, MASK_M)
-        do1 = _load_2d(do_base + rows[:, None] * sdn + d1[None, :] * sdd, mask_m, mask_d1, MASK_M, MASK_D1)
         st = tl.dot(k1, qt1, acc=st, input_precision=PRECISION)
     pt = tl.exp2(st * qk_scale - lse[None, :])
     # padded queries (q = 0, lse = 0) and padded keys (k = 0) give finite but meaningless p; zero them so that an
@@ -238,21 +262,13 @@ def _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     h = pid_bh % H
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    d0 = tl.arange(0, D0)
-    d1 = D0 + tl.arange(0, D1)
+    d0, d1, mask_d0, mask_d1 = _head_dim_chunks(D, D0, D1)
     mask_n = offs_n < N
-    mask_d0 = d0 < D
-    mask_d1 = d1 < D
 
-    k_base = K + b * skb + h * skh
-    v_base = V + b * svb + h * svh
-    k0 = _load_2d(k_base + offs_n[:, None] * skn + d0[None, :] * skd, mask_n, mask_d0, MASK_N, MASK_D0)
-    v0 = _load_2d(v_base + offs_n[:, None] * svn + d0[None, :] * svd, mask_n, mask_d0, MASK_N, MASK_D0)
-    k1 = k0
-    v1 = v0
-    if HAS_TAIL:
-        k1 = _load_2d(k_base + offs_n[:, None] * skn + d1[None, :] * skd, mask_n, mask_d1, MASK_N, MASK_D1)
-        v1 = _load_2d(v_base + offs_n[:, None] * svn + d1[None, :] * svd, mask_n, mask_d1, MASK_N, MASK_D1)
+    k0, k1 = _load_rows(K + b * skb + h * skh, offs_n, mask_n, skn, skd, d0, d1, mask_d0, mask_d1,
+                        MASK_N, HAS_TAIL, MASK_D0, MASK_D1)
+    v0, v1 = _load_rows(V + b * svb + h * svh, offs_n, mask_n, svn, svd, d0, d1, mask_d0, mask_d1,
+                        MASK_N, HAS_TAIL, MASK_D0, MASK_D1)
     q_base = Q + b * sqb + h * sqh
     do_base = DO + b * sdb + h * sdh
     lse_base = LSE + pid_bh * N
@@ -273,17 +289,10 @@ def _bwd_key_block(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
             dk0, dk1, dv0, dv1, k0, k1, v0, v1, mask_n, q_base, do_base, lse_base, delta_base, dq_base,
             m_full, offs_m, d0, d1, mask_d0, mask_d1, sqn, sqd, sdn, sdd, N, sm_scale, qk_scale, dq_row,
             True, MASK_N, FUSE_DQ, D0, D1, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
-    dk_base = DK + b * sdkb + h * sdkh
-    dv_base = DV + b * sdvb + h * sdvh
-    _store_2d(dk_base + offs_n[:, None] * sdkn + d0[None, :] * sdkd, dk0.to(DK.dtype.element_ty),
-              mask_n, mask_d0, MASK_N, MASK_D0)
-    _store_2d(dv_base + offs_n[:, None] * sdvn + d0[None, :] * sdvd, dv0.to(DV.dtype.element_ty),
-              mask_n, mask_d0, MASK_N, MASK_D0)
-    if HAS_TAIL:
-        _store_2d(dk_base + offs_n[:, None] * sdkn + d1[None, :] * sdkd, dk1.to(DK.dtype.element_ty),
-                  mask_n, mask_d1, MASK_N, MASK_D1)
-        _store_2d(dv_base + offs_n[:, None] * sdvn + d1[None, :] * sdvd, dv1.to(DV.dtype.element_ty),
-                  mask_n, mask_d1, MASK_N, MASK_D1)
+    _store_rows(DK + b * sdkb + h * sdkh, dk0.to(DK.dtype.element_ty), dk1.to(DK.dtype.element_ty), offs_n, mask_n,
+                sdkn, sdkd, d0, d1, mask_d0, mask_d1, MASK_N, HAS_TAIL, MASK_D0, MASK_D1)
+    _store_rows(DV + b * sdvb + h * sdvh, dv0.to(DV.dtype.element_ty), dv1.to(DV.dtype.element_ty), offs_n, mask_n,
+                sdvn, sdvd, d0, d1, mask_d0, mask_d1, MASK_N, HAS_TAIL, MASK_D0, MASK_D1)
 
 
 @triton.jit
@@ -341,7 +350,9 @@ def _dq_step(dq0, dq1, q0, q1, do0, do1, lse, delta, k_base, v_base, start_n, of
              skn, skd, svn, svd, N, sm_scale, qk_scale,
              MASK_N: tl.constexpr, HAS_TAIL: tl.constexpr, MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
              PRECISION: tl.constexpr):
-    """One key block of the split dQ kernel: S, dP and dQ += dS K, every dot with M = the query block."""
+    """One key block of the split dQ kernel: S, dP and dQ += dS K, every dot with M = the query block.
+    K and V load chunk by chunk, not through _load_rows: loading both tails before the first dots raised the
+    sm_90 shared memory of the head-dim-80 kernel from 36 to 40 KiB (tests/_compile_kernels.py)."""
     cols = start_n + offs_n
     mask_n = cols < N
     k0 = _load_2d(k_base + cols[:, None] * skn + d0[None, :] * skd, mask_n, mask_d0, MASK_N, MASK_D0)
@@ -384,21 +395,13 @@ def _attn_bwd_dq_kernel(
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    d0 = tl.arange(0, D0)
-    d1 = D0 + tl.arange(0, D1)
+    d0, d1, mask_d0, mask_d1 = _head_dim_chunks(D, D0, D1)
     mask_m = offs_m < N
-    mask_d0 = d0 < D
-    mask_d1 = d1 < D
 
-    q_base = Q + b * sqb + h * sqh
-    do_base = DO + b * sdb + h * sdh
-    q0 = _load_2d(q_base + offs_m[:, None] * sqn + d0[None, :] * sqd, mask_m, mask_d0, True, MASK_D0)
-    do0 = _load_2d(do_base + offs_m[:, None] * sdn + d0[None, :] * sdd, mask_m, mask_d0, True, MASK_D0)
-    q1 = q0
-    do1 = do0
-    if HAS_TAIL:
-        q1 = _load_2d(q_base + offs_m[:, None] * sqn + d1[None, :] * sqd, mask_m, mask_d1, True, MASK_D1)
-        do1 = _load_2d(do_base + offs_m[:, None] * sdn + d1[None, :] * sdd, mask_m, mask_d1, True, MASK_D1)
+    q0, q1 = _load_rows(Q + b * sqb + h * sqh, offs_m, mask_m, sqn, sqd, d0, d1, mask_d0, mask_d1,
+                        True, HAS_TAIL, MASK_D0, MASK_D1)
+    do0, do1 = _load_rows(DO + b * sdb + h * sdh, offs_m, mask_m, sdn, sdd, d0, d1, mask_d0, mask_d1,
+                          True, HAS_TAIL, MASK_D0, MASK_D1)
     lse = tl.load(LSE + pid_bh * N + offs_m, mask=mask_m, other=0.0)
     delta = tl.load(DELTA + pid_bh * N + offs_m, mask=mask_m, other=0.0)
     k_base = K + b * skb + h * skh
@@ -414,9 +417,5 @@ def _attn_bwd_dq_kernel(
         dq0, dq1 = _dq_step(dq0, dq1, q0, q1, do0, do1, lse, delta, k_base, v_base, n_full, offs_n, d0, d1,
                             mask_d0, mask_d1, skn, skd, svn, svd, N, sm_scale, qk_scale,
                             True, HAS_TAIL, MASK_D0, MASK_D1, PRECISION)
-    dq_base = DQ + b * sdqb + h * sdqh
-    _store_2d(dq_base + offs_m[:, None] * sdqn + d0[None, :] * sdqd, dq0.to(DQ.dtype.element_ty),
-              mask_m, mask_d0, True, MASK_D0)
-    if HAS_TAIL:
-        _store_2d(dq_base + offs_m[:, None] * sdqn + d1[None, :] * sdqd, dq1.to(DQ.dtype.element_ty),
-                  mask_m, mask_d1, True, MASK_D1)
+    _store_rows(DQ + b * sdqb + h * sdqh, dq0.to(DQ.dtype.element_ty), dq1.to(DQ.dtype.element_ty), offs_m, mask_m,
+                sdqn, sdqd, d0, d1, mask_d0, mask_d1, True, HAS_TAIL, MASK_D0, MASK_D1)
