@@ -35,14 +35,10 @@ import _bench_common as bc  # noqa: I001  (sets TRITON_INTERPRET=1 without CUDA,
 import torch
 import torch.nn.functional as F
 
+from mawstron.core.flops import attention_shapes
+
 # (preset, heads, head_dim, sequence lengths: MAE encoder, full, 518 px fine-tune)
-PRESET_SHAPES = (
-    ("vit_b16", 12, 64, (50, 197)),
-    ("vit_l16", 16, 64, (50, 197)),
-    ("vit_h14", 16, 80, (65, 257, 1370)),
-    ("vit_2b14", 32, 80, (65, 257, 1370)),
-    ("vit_6.5b14", 32, 128, (65, 257, 1370)),
-)
+PRESET_SHAPES = attention_shapes()
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # max |error| / max |reference| allowed against the float32 reference, per input dtype
 CHECK_TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4}

@@ -10,7 +10,7 @@ and is left out, so MFU stays comparable across checkpointing settings.
 from __future__ import annotations
 
 from .mae import MAEConfig
-from .vit import ViTConfig
+from .vit import ViTConfig, vit_config
 
 STAGES = ("mae", "wsp", "features")
 
@@ -56,3 +56,21 @@ def forward_flops(vit: ViTConfig, stage: str, mae: MAEConfig | None = None) -> i
 def training_flops(vit: ViTConfig, stage: str, mae: MAEConfig | None = None) -> int:
     """Model FLOPs of one training step per image: forward + backward (2x forward)."""
     return 3 * forward_flops(vit, stage, mae)
+
+
+PAPER_PRESETS = ("vit_b16", "vit_l16", "vit_h14", "vit_2b14", "vit_6.5b14")
+FINETUNE_IMG_SIZE = 518  # the /14 models' high-resolution fine-tuning (37 x 37 patches)
+
+
+def attention_shapes(presets=PAPER_PRESETS) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+    """(preset, heads, head dim, sequence lengths) of each preset's attention, sequences with the class token:
+    the MAE encoder at 224 px (the visible 25 % of the patches), the full 224 px sequence and, for the /14
+    models, fine-tuning at 518 px; e.g. ("vit_h14", 16, 80, (65, 257, 1370))."""
+    shapes = []
+    for name in presets:
+        vit = vit_config(name)
+        seqs = [1 + MAEConfig().num_visible(vit.num_patches), 1 + vit.num_patches]
+        if FINETUNE_IMG_SIZE % vit.patch_size == 0:
+            seqs.append(1 + vit_config(name, img_size=FINETUNE_IMG_SIZE).num_patches)
+        shapes.append((name, vit.num_heads, vit.head_dim, tuple(seqs)))
+    return tuple(shapes)

@@ -38,13 +38,7 @@ MK = importlib.import_module("mawstron.kernels.masking")
 LO = importlib.import_module("mawstron.kernels.mae_loss")
 
 # (preset, heads, head dim, sequence lengths): MAE encoder (25 % of patches + cls), full 224 px, 518 px /14
-PRESET_SHAPES = (
-    ("vit_b16", 12, 64, (50, 197)),
-    ("vit_l16", 16, 64, (50, 197)),
-    ("vit_h14", 16, 80, (65, 257, 1370)),
-    ("vit_2b14", 32, 80, (65, 257, 1370)),
-    ("vit_6.5b14", 32, 128, (65, 257, 1370)),
-)
+PRESET_SHAPES = importlib.import_module("mawstron.core.flops").attention_shapes()
 CI_SHAPES = ((16, 64, 197), (32, 80, 257), (32, 128, 1370))  # (heads, D, N): one per head dim
 QUICK_SHAPE = (32, 80, 257)  # --quick (gpu_check.sh --dry-run): the attention kernels of one shape
 BATCH = 32  # the training micro-batch order of magnitude: picks the fused backward (B*H >= 2 x 132 SMs)

@@ -52,3 +52,16 @@ def test_paper_scale_numbers_are_sane():
     assert 0.22 < parts["encoder_blocks"] / full["encoder_blocks"] < 0.27
     with pytest.raises(ValueError, match="stage"):
         forward_flops(b16, "linear_probe")
+
+
+def test_attention_shapes_are_the_presets_sequences():
+    """The (heads, head dim, sequence) shapes the kernel benchmarks and the sm_90 compile check use."""
+    from mawstron.core.flops import attention_shapes
+
+    assert attention_shapes() == (
+        ("vit_b16", 12, 64, (50, 197)),  # 49 visible of 196 patches + cls; 224 px
+        ("vit_l16", 16, 64, (50, 197)),
+        ("vit_h14", 16, 80, (65, 257, 1370)),  # and 518 px: 37 x 37 patches + cls
+        ("vit_2b14", 32, 80, (65, 257, 1370)),
+        ("vit_6.5b14", 32, 128, (65, 257, 1370)),
+    )
