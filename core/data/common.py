@@ -26,6 +26,23 @@ def crop_scale(cfg, stage: str) -> tuple[float, float]:
     return (minimum, 1.0) if minimum else CROP_SCALE[stage]
 
 
+class WorkerStridedBatches(torch.utils.data.IterableDataset):
+    """The endless stream ``make_batch(start), make_batch(start + 1), ...`` (``make_batch`` is the subclass's):
+    DataLoader worker ``w`` of ``W`` makes batches ``start + w, start + w + W, ...``, which the DataLoader's
+    round-robin over workers puts back in order, so the stream is the same for any number of workers."""
+
+    def make_batch(self, k: int) -> dict:
+        raise NotImplementedError
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        k = self.start + worker
+        while True:
+            yield self.make_batch(k)
+            k += workers
+
+
 class RankShards:
     """Shards of ``cfg.shards`` that ``rank`` reads, their indexes, and what indexing left out."""
 

@@ -15,6 +15,8 @@ from collections import Counter
 import numpy as np
 import torch
 
+from .common import WorkerStridedBatches
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -89,7 +91,7 @@ class ImageFolderEvalLoader:
                    "labels": torch.tensor([y for _, y in loaded], dtype=torch.int64)}
 
 
-class _FolderBatches(torch.utils.data.IterableDataset):
+class _FolderBatches(WorkerStridedBatches):
     """Batch ``k`` holds stream positions ``[k*B, (k+1)*B)``; position ``p`` is image ``perm_e[p % N]`` of epoch
     ``e = p // N`` cropped with an RNG seeded by ``(seed, rank, p)``: the stream depends on neither the number of
     workers nor on where a run was resumed (the shard loader's scheme)."""
@@ -125,14 +127,6 @@ class _FolderBatches(torch.utils.data.IterableDataset):
         targets = torch.zeros(len(labels), self.num_classes)
         targets[torch.arange(len(labels)), torch.tensor(labels)] = 1.0
         return {"images": torch.stack(images), "targets": targets, "_skips": dict(skips)}
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        k = self.start + worker
-        while True:
-            yield self.make_batch(k)
-            k += workers
 
 
 class ImageFolderTrainLoader:

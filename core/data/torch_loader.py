@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .common import CROP_RATIO, RankShards, check_resample_state, crop_scale
+from .common import CROP_RATIO, RankShards, WorkerStridedBatches, check_resample_state, crop_scale
 from .loader import IMAGENET_MEAN, IMAGENET_STD
 from .shards import parse_meta
 
@@ -63,7 +63,7 @@ def train_transform(data: bytes, rng: np.random.Generator, size: int, scale) -> 
     return to_normalised_chw(out)
 
 
-class _BatchStream(torch.utils.data.IterableDataset):
+class _BatchStream(WorkerStridedBatches):
     def __init__(self, shards: RankShards, *, img_size, micro_batch, seed, rank, start, draws=None):
         self.shards, self.size, self.batch = shards, img_size, micro_batch
         self.draws = draws  # data.resample: position p is draw p of the weighted epoch draws instead
@@ -112,14 +112,6 @@ class _BatchStream(torch.utils.data.IterableDataset):
         batch["_no_tag"] = missing
         batch["_skips"] = dict(skips)
         return batch
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        k = self.start + worker
-        while True:
-            yield self.make_batch(k)
-            k += workers
 
 
 class TorchShardLoader:
