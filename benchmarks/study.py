@@ -13,9 +13,13 @@ split), it trains with the real trainer (DeepSpeed ZeRO-3; CPU ranks here), for 
   (c) sqrt MAWS with square-root re-sampling of the hashtags (data.resample=sqrt), 100% of the steps,
 
 then measures every encoder (frozen features of the held-out split) with the metrics in ``ENCODER_METRICS``:
-linear probe, k-shot, and the linear probe's accuracy on head classes and on tail classes separately (classes
-whose shape is frequent / rare in the training hashtags).  Every number is reported as mean +- std over the
-seeds.  It writes to ``--results`` (default ``runs/study/results``;
+linear probe, k-shot, the linear probe's accuracy on head classes and on tail classes separately (classes
+whose shape is frequent / rare in the training hashtags), and zero-shot top-1/top-5 after LiT: a small text
+tower (recipes/vit_tiny_lit.py) trained for ``--lit-steps`` steps (default 100, the same for every arm; 0 turns
+it off) on the captions against the frozen encoder, then a zero-shot classifier from the class names.  To bound
+the time, LiT runs only for the arms of the issue's comparison, ``--lit-arms`` (default (a) MAE, (b) and (c) at
+100% of the WSP steps: one more launch per arm and seed), not for the rest of the sweep or the re-sampled arm.
+Every number is reported as mean +- std over the seeds.  It writes to ``--results`` (default ``runs/study/results``;
 ``make study`` passes ``benchmarks/results``, regenerating the committed report on purpose): study.json (every number, the settings,
 date, device, commit), study.md (the table and what it shows), study.png (loss curves, the WSP-length sweep and
 head/tail accuracy, with error bars).  The report code is in study_report.py.
@@ -27,7 +31,9 @@ Sizing (how the defaults were chosen, and what they do not reach).  The defaults
 32 px, `vit_tiny` (width 192, depth 4, patch 4: 64 tokens, 1.8M parameters), MAE and WSP 400 steps at micro-batch
 64 on one rank (on two shared cores a second rank only adds collective traffic), 3 seeds x 8 arms = 24 trainings:
 estimated at about an hour on two otherwise idle cores from rates measured on 2026-12-01 (WSP about 3 steps/s at
-batch 64 in a quiet stretch; under load 26-62 s to launch a 4-step run and 25-60 s to evaluate one).  Pilots on the long-tailed data (4,000 images, two cores shared
+batch 64 in a quiet stretch; under load 26-62 s to launch a 4-step run and 25-60 s to evaluate one).  LiT adds
+3 arms x 3 seeds = 9 launches of 100 steps, not timed at that length (in the --quick test a 2-step LiT run plus
+its zero-shot evaluation took 24 s on shared cores).  Pilots on the long-tailed data (4,000 images, two cores shared
 with five other sessions) measured a held-out linear probe (15 classes, chance 6.7%) of 25.6% after 300 WSP steps at
 batch 64, and 26.9% after 400 steps with data.min_crop_area=0.5 and lr 2e-3, against 24.2% for a randomly
 initialised `vit_tiny` and 24.6% for raw pixels: within these budgets the encoders pick up colour (which alone
@@ -109,6 +115,11 @@ def parse_args(argv=None):
     p.add_argument("--pool", choices=("token", "avg"), default="avg", help="feature pooling for the evaluations")
     p.add_argument("--shots", default="1,5")
     p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--lit-steps", type=int, default=None,
+                   help="LiT steps per encoder for the zero-shot metric (default 100; 0 in --quick mode; 0: no LiT)")
+    p.add_argument("--lit-arms", default="",
+                   help="arms that get LiT + zero-shot (default: mae and wsp_scratch / maws at the largest fraction)")
+    p.add_argument("--lit-seeds", type=int, default=0, help="LiT for the first N seeds only (0: every seed)")
     p.add_argument("--quick", action="store_true", help="tiny data, a few steps: checks that everything runs")
     p.add_argument("--no-plot", action="store_true", help="skip study.png (matplotlib is the `plot` extra)")
     args = p.parse_args(argv)
@@ -128,6 +139,17 @@ def parse_args(argv=None):
     args.fraction_list = [float(f) for f in args.fractions.split(",") if f]
     if not args.fraction_list or any(not 0 < f <= 1 for f in args.fraction_list):
         p.error(f"--fractions must be fractions in (0, 1], got {args.fractions!r}")
+    if args.lit_steps is None:
+        args.lit_steps = 0 if args.quick else 100
+    if args.lit_steps < 0 or args.lit_seeds < 0:
+        p.error("--lit-steps and --lit-seeds must be >= 0")
+    full = f"{max(args.fraction_list):g}"
+    args.lit_arm_list = ([a for a in args.lit_arms.split(",") if a] if args.lit_arms else
+                         ["mae", f"wsp_scratch@{full}", f"maws@{full}"])
+    known = [a.name for a in arms_for(args.fraction_list, not args.no_resample_arm)]
+    unknown = [a for a in args.lit_arm_list if a not in known]
+    if unknown:
+        p.error(f"--lit-arms: {', '.join(unknown)} not among this study's arms ({', '.join(known)})")
     return args
 
 
@@ -181,16 +203,23 @@ def steps_of(args, arm: Arm) -> int:
     return args.mae_steps if arm.stage == "mae" else max(1, round(args.wsp_steps * arm.wsp_fraction))
 
 
-def overrides_for(args, arm: Arm, seed: int, data_dir: str, mae_checkpoint: str) -> list[str]:
-    steps = steps_of(args, arm)
-    out = ["data.source=shards", f"data.shards={os.path.join(data_dir, 'train-*.tar')}", f"data.loader={args.loader}",
+def common_overrides(args, seed: int, steps: int) -> list[str]:
+    """Settings every training of the study shares (MAE, WSP and LiT): model size, precision, loader, batch, seed,
+    schedule length.  LiT needs the model.* ones too, or the frozen encoder would not load into its image tower."""
+    out = [f"data.loader={args.loader}",
            f"train.micro_batch={args.micro_batch}", f"train.seed={seed}", f"train.steps={steps}",
            f"train.log_every={max(1, min(10, steps // 10))}", f"checkpoint.every_steps={steps}",
            "checkpoint.keep_last=1", f"parallel.precision={args.precision}", f"model.preset={args.preset}",
            f"optim.warmup_steps={max(1, steps // 10)}",
            "parallel.activation_checkpointing=0"]  # a tiny model: recomputing activations would only cost time
-    out += [f"model.{k}={v}" for k, v in (("depth", args.depth), ("embed_dim", args.embed_dim),
-                                          ("num_heads", args.num_heads)) if v]
+    return out + [f"model.{k}={v}" for k, v in (("depth", args.depth), ("embed_dim", args.embed_dim),
+                                                ("num_heads", args.num_heads)) if v]
+
+
+def overrides_for(args, arm: Arm, seed: int, data_dir: str, mae_checkpoint: str) -> list[str]:
+    steps = steps_of(args, arm)
+    out = ["data.source=shards", f"data.shards={os.path.join(data_dir, 'train-*.tar')}"]
+    out += common_overrides(args, seed, steps)
     if arm.stage == "wsp":
         out += [f"data.vocab={os.path.join(data_dir, 'vocab.json')}", f"optim.lr={args.wsp_lr}",
                 f"checkpoint.init_from={mae_checkpoint if arm.init_from_mae else ''}",
@@ -241,6 +270,7 @@ class EncoderContext:
     manifest: dict
     args: argparse.Namespace
     seed: int
+    arm: str = ""
 
 
 def probe_metrics(ctx: EncoderContext) -> dict:
@@ -268,9 +298,26 @@ def probe_metrics(ctx: EncoderContext) -> dict:
     return out
 
 
+def zero_shot_metrics(ctx: EncoderContext) -> dict:
+    """Zero-shot top-1/top-5 after ``--lit-steps`` of LiT on the frozen encoder, for the ``--lit-arms`` only
+    (an empty dict for the others).  The LiT run goes to WORK_DIR/ARM-seedN-lit and replaces an earlier one there."""
+    args = ctx.args
+    if (not args.lit_steps or ctx.arm not in args.lit_arm_list
+            or (args.lit_seeds and ctx.seed >= args.lit_seeds)):
+        return {}
+    from mawstron.parallel.zero_shot import lit_zero_shot
+
+    out_dir = os.path.join(args.work_dir, f"{ctx.arm}-seed{ctx.seed}-lit")
+    print(f"[study]   LiT {args.lit_steps} steps on the frozen encoder -> {out_dir}", flush=True)
+    t0 = time.time()
+    result = lit_zero_shot(ctx.checkpoint, ctx.data_dir, out_dir, steps=args.lit_steps, ranks=args.ranks,
+                           overrides=common_overrides(args, ctx.seed, args.lit_steps), overwrite=True)
+    print(f"[study]   LiT + zero-shot {time.time() - t0:.0f} s", flush=True)
+    return {"zero_shot_top1": result["zero_shot_top1"], "zero_shot_top5": result["zero_shot_top5"]}
+
+
 # Each entry maps an EncoderContext to {metric name: value}; every metric is aggregated over seeds and reported.
-# Another per-encoder metric (e.g. zero-shot accuracy through a LiT text tower) is one function appended here.
-ENCODER_METRICS = [probe_metrics]
+ENCODER_METRICS = [probe_metrics, zero_shot_metrics]
 
 
 def evaluate_encoder(args, run: dict, data_dir: str, manifest: dict) -> dict:
@@ -287,7 +334,7 @@ def evaluate_encoder(args, run: dict, data_dir: str, manifest: dict) -> dict:
                                    shards=os.path.join(data_dir, f"{split}-*.tar"))
         feats[split] = extract_features(model, loader, pool=args.pool)
     ctx = EncoderContext(run["checkpoint"], model, *feats["eval-train"], *feats["eval-test"], data_dir, manifest,
-                         args, run["seed"])
+                         args, run["seed"], run["arm"])
     metrics = {}
     for metric in ENCODER_METRICS:
         metrics.update(metric(ctx))
@@ -307,6 +354,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
+    os.environ.update(child_env())  # LiT (zero_shot_metrics) launches its trainings from this process's env
     data_dir = os.path.join(args.work_dir, "data")
     t0 = time.time()
     manifest = make_data(args, data_dir)

@@ -20,15 +20,16 @@ def _stats(values: list[float]) -> dict:
 
 
 def aggregate(result: dict) -> dict:
-    """{arm: {quantity: {mean, std (sample, ddof=1), n, values}}} over the arm's seeds."""
+    """{arm: {quantity: {mean, std (sample, ddof=1), n, values}}} over the arm's seeds (over the seeds that have a
+    metric, when only some do: e.g. zero-shot with --lit-seeds)."""
     out = {}
     for arm in result["arms"]:
         runs = [r for r in result["runs"] if r["arm"] == arm["name"]]
         if not runs:
             continue
         summary = {q: _stats([r[q] for r in runs]) for q in ("final_loss", "mean_loss", "seconds")}
-        for metric in runs[0]["metrics"]:
-            summary[metric] = _stats([r["metrics"][metric] for r in runs])
+        for metric in dict.fromkeys(m for r in runs for m in r["metrics"]):
+            summary[metric] = _stats([r["metrics"][metric] for r in runs if metric in r["metrics"]])
         summary["steps"] = runs[0]["steps"]
         out[arm["name"]] = summary
     return out
@@ -105,6 +106,16 @@ def findings(result: dict) -> list[str]:
     for k in shots:
         lines.append(f"{k}-shot: (c) {pm(c[f'{k}_shot'])} vs (b) {pm(b[f'{k}_shot'])}: (c) is "
                      + _verdict(c[f"{k}_shot"], b[f"{k}_shot"], "better", "worse") + ".")
+    if b and c and "zero_shot_top1" in b and "zero_shot_top1" in c:
+        text = (f"Zero-shot after {s.get('lit_steps')} LiT steps on the frozen encoder ({max(fracs):.0%} WSP steps): "
+                f"top-1 (c) {pm(c['zero_shot_top1'])} vs (b) {pm(b['zero_shot_top1'])}")
+        if mae and "zero_shot_top1" in mae:
+            text += f", (a) MAE alone {pm(mae['zero_shot_top1'])}"
+        text += (f"; chance {chance:.1%}. (c) vs (b): "
+                 + _verdict(c["zero_shot_top1"], b["zero_shot_top1"], "better", "worse"))
+        if mae and "zero_shot_top1" in mae:
+            text += "; (c) vs (a): " + _verdict(c["zero_shot_top1"], mae["zero_shot_top1"], "better", "worse")
+        lines.append(text + ".")
     r = summary.get("maws_sqrt@1")
     if r and c:
         text = (f"Square-root re-sampling, (c) with vs without: linear probe {pm(r['linear_probe'])} vs "
@@ -145,12 +156,20 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
         f"(a) MAE {s['mae_steps']} steps; WSP {s['wsp_steps']} steps at 100% (lr {s['wsp_lr']:g}, warmup 10%, cosine), "
         f"(b) and (c) with the same data, seeds and schedule; (c) starts from the same seed's (a). Evaluation: frozen "
         f"features ({s['pool']} pooling), linear probe (L2 chosen on a hold-out), k-shot logistic regression "
-        f"averaged over {s['draws']} draws. Cells: mean ± std over seeds.",
+        f"averaged over {s['draws']} draws"
+        + (f"; zero-shot: {s['lit_steps']} LiT steps (recipes/vit_tiny_lit.py, a small text tower on the captions, "
+           f"encoder frozen) for {', '.join(s['lit_arm_list'])} only"
+           + (f", first {s['lit_seeds']} seed(s)" if s.get("lit_seeds") else "")
+           + ", then class-name prompts on the test split" if s.get("lit_steps") else "")
+        + ". Cells: mean ± std over seeds.",
         "",
     ]
+    zero_shot = [c for c in ("zero_shot_top1", "zero_shot_top5") if any(c in a for a in summary.values())]
     cols = ["linear_probe", "linear_probe_head_classes", "linear_probe_tail_classes"] + [f"{k}_shot" for k in shots]
+    cols += zero_shot
     names = {"linear_probe": "linear probe", "linear_probe_head_classes": "head classes",
-             "linear_probe_tail_classes": "tail classes"} | {f"{k}_shot": f"{k}-shot" for k in shots}
+             "linear_probe_tail_classes": "tail classes", "zero_shot_top1": "zero-shot top-1",
+             "zero_shot_top5": "zero-shot top-5"} | {f"{k}_shot": f"{k}-shot" for k in shots}
     lines.append("| arm | steps | final train loss | " + " | ".join(names[c] for c in cols) + " |")
     lines.append("|" + "---|" * (3 + len(cols)))
     for arm in result["arms"]:

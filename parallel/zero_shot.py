@@ -130,10 +130,13 @@ def evaluate_zero_shot(checkpoint: str, test_shards: str, *, classnames: str = "
 
 
 def lit_zero_shot(encoder: str, data_dir: str, out_dir: str, *, steps: int = 60, ranks: int = 2,
-                  overrides: list[str] = (), timeout_s: float = 3600) -> dict:
+                  overrides: list[str] = (), overwrite: bool = False, timeout_s: float = 3600) -> dict:
     """Train LiT (recipes/vit_tiny_lit.py) on the frozen ``encoder`` (a run's checkpoints/ folder or a
     consolidated file) with the captions of ``data_dir``/train-*.tar, then zero-shot on ``data_dir``/
-    eval-test-*.tar.  Returns the evaluation dict plus ``lit_run``; raises with the log tail on failure."""
+    eval-test-*.tar.  ``overrides`` are ``--set`` items (after the ones above, so they win; an encoder of a
+    custom size needs its ``model.*`` settings here); ``overwrite`` replaces an earlier run in ``out_dir``
+    (``mawstron train --overwrite``) instead of refusing it.  Returns the evaluation dict plus ``lit_run``;
+    raises with the log tail on failure."""
     os.makedirs(out_dir, exist_ok=True)
     exe = os.path.join(os.path.dirname(sys.executable), "mawstron")
     cmd = [exe, "train", os.path.join(REPO, "recipes", "vit_tiny_lit.py"), "--gpus", str(ranks),
@@ -142,6 +145,8 @@ def lit_zero_shot(encoder: str, data_dir: str, out_dir: str, *, steps: int = 60,
            "--set", f"train.steps={steps}"]
     for item in overrides:
         cmd += ["--set", item]
+    if overwrite:
+        cmd.append("--overwrite")
     log = os.path.join(out_dir, "lit.log")
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)

@@ -3,7 +3,8 @@ two seeds (the WSP-length sweep reduced to 100% to keep it short; its arms are c
 evaluation, and a report whose mean +- std come from the runs' own numbers.
 
 Quick mode checks the plumbing (every arm trains, the handoff and the re-sampling reach the trainer, every report
-file is written and consistent with the runs), not the paper's claim: that needs the full `make study`.
+file is written and consistent with the runs), not the paper's claim: that needs the full `make study`.  LiT +
+zero-shot (off in --quick by default) runs here for one arm and one seed, 2 steps, to keep CI short.
 """
 
 import json
@@ -23,8 +24,11 @@ pytestmark = pytest.mark.multirank
 def study(tmp_path_factory):
     work = tmp_path_factory.mktemp("study")
     results = work / "results"
+    stale = work / "runs" / "maws@1-seed0-lit" / "checkpoints" / "step_00000999"  # an earlier study's LiT run
+    stale.mkdir(parents=True)
     proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "study.py"), "--quick", "--seeds", "2",
-                           "--fractions", "1", "--work-dir", str(work / "runs"), "--results", str(results)],
+                           "--fractions", "1", "--lit-steps", "2", "--lit-arms", "maws@1", "--lit-seeds", "1",
+                           "--work-dir", str(work / "runs"), "--results", str(results)],
                           cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -70,6 +74,24 @@ def test_handoff_and_resampling_reach_only_their_arms(study):
         assert "data.resample=sqrt" not in (runs / f"maws@1-seed{seed}.log").read_text()
 
 
+def test_zero_shot_after_lit_is_measured_for_the_lit_arms_only_and_replaces_an_earlier_lit_run(study):
+    work, results, result = study
+    lit_runs = [r for r in result["runs"] if "zero_shot_top1" in r["metrics"]]
+    assert [(r["arm"], r["seed"]) for r in lit_runs] == [("maws@1", 0)]
+    top1, top5 = lit_runs[0]["metrics"]["zero_shot_top1"], lit_runs[0]["metrics"]["zero_shot_top5"]
+    assert 0.0 <= top1 <= top5 <= 1.0
+    summary = result["summary"]["maws@1"]["zero_shot_top1"]
+    assert summary["n"] == 1 and summary["mean"] == top1
+    assert "zero_shot_top1" not in result["summary"]["wsp_scratch@1"]
+    md = (results / "study-quick.md").read_text()
+    assert "zero-shot top-1" in md and f"{top1:.1%}" in md
+    log = (work / "runs" / "maws@1-seed0-lit" / "lit.log").read_text()
+    assert "maws@1-seed0/checkpoints" in log  # the frozen tower is this arm's encoder ...
+    assert "model.depth=1" in log and "model.embed_dim=32" in log  # ... at the size it was trained with
+    assert "--overwrite: removed" in log  # a rerun replaces the earlier LiT run instead of being refused
+    assert not (work / "runs" / "maws@1-seed0-lit" / "checkpoints" / "step_00000999").exists()
+
+
 def test_sweep_arms_differ_only_in_steps_init_and_resampling():
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import study as study_module
@@ -92,3 +114,7 @@ def test_sweep_arms_differ_only_in_steps_init_and_resampling():
     assert settings("maws@0.5")["train.steps"] == "200"
     with pytest.raises(SystemExit):
         study_module.parse_args(["--fractions", "0,1"])
+    assert args.lit_steps == 100 and args.lit_arm_list == ["mae", "wsp_scratch@1", "maws@1"]
+    assert study_module.parse_args(["--quick"]).lit_steps == 0
+    with pytest.raises(SystemExit):
+        study_module.parse_args(["--lit-arms", "maws@0.3"])
