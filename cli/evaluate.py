@@ -53,9 +53,12 @@ def run(args) -> int:
                   f"--train-shards and --test-shards", file=sys.stderr)
             return 2
     shots = tuple(int(s) for s in args.shots.split(",") if s)
+    from mawstron.parallel.console import stdout_to_stderr
+
     try:
-        result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
-                          loader=args.loader, tag=args.tag)
+        with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
+            result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
+                              loader=args.loader, tag=args.tag)
     except (FileNotFoundError, ValueError) as e:
         print(f"mawstron eval: {e}", file=sys.stderr)
         return 2

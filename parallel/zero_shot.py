@@ -41,6 +41,9 @@ def load_clip(checkpoint: str, tokenizer: str = ""):
     """``(CLIP model in eval mode, tokenizer)`` from any accepted checkpoint (see the module docstring)."""
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+    from .preflight import find_checkpoint_dir
+
+    checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     if is_zero_checkpoint_dir(checkpoint):
         run = read_run_config(checkpoint)
         if run["train"]["stage"] != "lit":

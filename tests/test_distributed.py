@@ -287,8 +287,9 @@ def test_a_run_folder_loads_consolidates_and_evaluates_as_pure_json(workdir, mae
     out = subprocess.run([exe, "consolidate", mae_run, "--out", out_file], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.startswith("wrote"), out.stdout + out.stderr
     assert "Processing zero checkpoint" not in out.stdout + out.stderr  # DeepSpeed's chatter hidden without --verbose
-    out = subprocess.run([exe, "eval", "--checkpoint", mae_run, "--data", shard_data, "--json", "--loader", "torch",
-                          "--shots", "1", "--draws", "1"], capture_output=True, text=True, timeout=300)
+    # --tag reads the ZeRO shards directly: their merge's chatter must stay off stdout too
+    out = subprocess.run([exe, "eval", "--checkpoint", mae_run, "--tag", "16", "--data", shard_data, "--json",
+                          "--loader", "torch", "--shots", "1", "--draws", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)  # the whole of stdout is one JSON document
     assert result["train_images"] == 32 and 0 <= result["linear_probe_accuracy"] <= 1

@@ -45,6 +45,9 @@ def _rank(rank, world, port, result_queue):
         loss.backward()
         # plain lists: tensors sent through a queue would live in this process's shared memory, gone at exit
         result_queue.put((rank, loss.item(), img.grad.tolist(), txt.grad.tolist(), scale.grad.item()))
+        # both ranks done before either tears gloo down: a rank that destroys the group while its peer's
+        # connection is still in use can abort the peer at exit ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

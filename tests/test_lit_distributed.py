@@ -100,7 +100,7 @@ def test_consolidated_maws_clip_file_and_zero_shot_eval(lit_data, lit_run):
     assert not any(k.startswith("text_encoder.embeddings.") for k in keys)
     exe = os.path.join(os.path.dirname(sys.executable), "mawstron")
     results = []
-    for checkpoint in (os.path.join(lit_run, "checkpoints"), out_path):
+    for checkpoint in (lit_run, out_path):  # the run folder stands for its checkpoints/
         proc = subprocess.run([exe, "eval", "--zero-shot", "--checkpoint", checkpoint, "--data", data, "--json"],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
