@@ -362,6 +362,11 @@ class Trainer:
                 self.train()
             finally:
                 self.loader.close()
+            # every rank is done before any tears the process group down: a rank that exits while a peer's gloo
+            # connection is still in use can abort that peer at exit ("terminate called without an active
+            # exception", seen after a completed run on CPU ranks)
+            dist.barrier()
+            dist.destroy_process_group()
         except (Preempted, KeyboardInterrupt):
             raise
         except BaseException as e:
