@@ -137,6 +137,7 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     from .resilience import EXIT_PREEMPTED, Preempted
     from .trainer import Trainer, TrainingDiverged
 
+    launched_rank = "RANK" in os.environ  # a rank process of a launcher, not a caller's own process
     _ensure_process_group_env()
     try:
         Trainer(cfg).run()
@@ -146,4 +147,10 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"mawstron: {e}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
+    if launched_rank:
+        # the run is complete and saved: leave without C++ static destructors, which abort a gloo/shm rank now and
+        # then at interpreter exit ("terminate called without an active exception", rc -6 after 'done')
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
