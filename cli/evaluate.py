@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -75,13 +74,14 @@ def run(args) -> int:
 
 
 def run_zero_shot(args, test: str) -> int:
+    from mawstron.parallel.console import stdout_to_stderr
     from mawstron.parallel.zero_shot import evaluate_zero_shot
 
     if not test:
         raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")
     try:
         # DeepSpeed's shard merging prints progress on stdout: keep stdout for the result (one line with --json)
-        with contextlib.redirect_stdout(sys.stderr):
+        with stdout_to_stderr():
             result = evaluate_zero_shot(args.checkpoint, test, classnames=args.classnames, templates=args.templates,
                                         tokenizer=args.tokenizer)
     except (FileNotFoundError, ValueError) as e:
