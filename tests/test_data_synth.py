@@ -12,7 +12,7 @@ from data_helpers import make_collection
 from mawstron.cli.main import main
 from mawstron.core.data.shards import (build_index, build_vocab, canonical, expand_shards, load_synonyms,
                                        parse_meta, raw_hashtags, tar_members)
-from mawstron.core.data.synth import CLASSES, SYNONYMS
+from mawstron.core.data.synth import CLASSES, SYNONYMS, make_sample
 
 
 def digest(folder):
@@ -142,3 +142,42 @@ def test_brace_patterns_and_lists(collection):
     assert [os.path.basename(p) for p in a] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     b = expand_shards(",".join(a[:2]))
     assert b == a[:2]
+
+
+def test_upright_scene_changes_the_pixels_not_the_draws():
+    """`--scene upright` draws the same objects, tags and captions as `web` (only the #big/#small threshold moves),
+    and draws them upright: a square fills its bounding box, where a freely rotated one leaves corners empty."""
+    import numpy as np
+
+    from mawstron.core.data.synth import render
+
+    def without_size(meta):
+        return [t for t in meta.get("hashtags", []) if t.lstrip("#").lower() not in ("big", "small")]
+
+    for split in ("train", "eval-test"):
+        for i in range(20):
+            web_jpeg, web = make_sample(3, split, i, 48, 1.1, "web")
+            up_jpeg, up = make_sample(3, split, i, 48, 1.1, "upright")
+            assert web_jpeg != up_jpeg
+            assert without_size(web) == without_size(up) and web.get("label") == up.get("label")
+
+    def bbox_fill(scene, k):
+        img, attrs = render(np.random.default_rng(k), 64, "square", "red", texture_p=[1.0, 0, 0, 0], scene=scene)
+        px = np.asarray(img).astype(int)
+        red = (px[..., 0] > 140) & (px[..., 1] < 110) & (px[..., 2] < 110)
+        ys, xs = np.nonzero(red)
+        return red.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+
+    assert np.median([bbox_fill("upright", k) for k in range(9)]) > 0.9
+    assert np.median([bbox_fill("web", k) for k in range(9)]) < 0.85
+
+
+def test_scene_is_recorded_and_a_bad_one_is_refused(tmp_path):
+    from mawstron.core.data.synth import synthesize
+
+    m = synthesize(str(tmp_path / "up"), images=10, eval_images=0, size=32, scene="upright")
+    assert m["scene"] == "upright"
+    assert json.load(open(tmp_path / "up" / "manifest.json"))["scene"] == "upright"
+    with pytest.raises(ValueError, match="--scene 'tilted'.*web, upright"):
+        synthesize(str(tmp_path / "bad"), images=10, scene="tilted")
+    assert not os.path.exists(tmp_path / "bad")

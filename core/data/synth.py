@@ -6,6 +6,11 @@ hashtags are: true tags are dropped, wrong tags of the same kind and irrelevant 
 added, and tags come in case and synonym variants (``#Red``, ``#red``, ``#crimson``).  The shape and colour
 tags correlate with the evaluation classes, so weakly-supervised pretraining learns features that transfer.
 
+Two scenes (``--scene``): ``web`` (the default) rotates the object freely, scales it to 18-36% of the image side and
+adds clutter; ``upright`` keeps it upright, at 26-40% of the side, without clutter.  A small ViT trained from scratch
+learns the shapes of ``upright`` objects within minutes of CPU time, but of ``web`` objects barely at all (pilots of
+the study on 32 px images; see benchmarks/study.py), so ``upright`` is what a CPU-sized study needs.
+
 Evaluation splits (``eval-train-*``, ``eval-test-*``) carry clean labels: class = shape x colour over
 ``EVAL_SHAPES x EVAL_COLOURS`` (15 classes; colour alone or shape alone is not enough).
 
@@ -62,6 +67,8 @@ for _v, _c in SYNONYMS.items():
 NOISE_TAGS = ("love", "instagood", "photooftheday", "nofilter", "art", "design", "tbt", "happy", "cute",
               "picoftheday", "follow", "instadaily", "beautiful", "fun", "weekend", "mood")
 SPLITS = {"train": 0, "eval-train": 1, "eval-test": 2}
+# scene -> (object scale range as a share of the image side, threshold of the #big tag, free rotation, clutter)
+SCENES = {"web": ((0.18, 0.36), 0.28, True, True), "upright": ((0.26, 0.40), 0.33, False, False)}
 
 
 def _polygon(cx, cy, r, n, rot):
@@ -105,10 +112,12 @@ def _shape_outline(shape, cx, cy, r, rot):
     return None  # circle, ring, crescent (drawn from ellipses)
 
 
-def render(rng: np.random.Generator, size: int, shape: str, colour: str, texture_p=None):
-    """One image (PIL, RGB) and its true attributes."""
+def render(rng: np.random.Generator, size: int, shape: str, colour: str, texture_p=None, scene: str = "web"):
+    """One image (PIL, RGB) and its true attributes.  Every scene makes the same random draws in the same order,
+    so ``web`` images are what they were before scenes existed."""
     from PIL import Image, ImageDraw
 
+    (scale_lo, scale_hi), big_above, rotate, clutter = SCENES[scene]
     # background: solid or vertical gradient, light or dark, never close to a class colour's saturation
     dark = rng.random() < 0.4
     base = rng.integers(20, 90, 3) if dark else rng.integers(150, 235, 3)
@@ -126,15 +135,17 @@ def render(rng: np.random.Generator, size: int, shape: str, colour: str, texture
         x0, y0 = rng.uniform(0, size, 2)
         x1, y1 = x0 + rng.uniform(-0.3, 0.3) * size, y0 + rng.uniform(-0.3, 0.3) * size
         if rng.random() < 0.5:
-            draw.line([(x0, y0), (x1, y1)], fill=c, width=max(1, size // 40))
+            if clutter:
+                draw.line([(x0, y0), (x1, y1)], fill=c, width=max(1, size // 40))
         else:
             rr = rng.uniform(0.02, 0.06) * size
-            draw.ellipse([x0 - rr, y0 - rr, x0 + rr, y0 + rr], fill=c)
+            if clutter:
+                draw.ellipse([x0 - rr, y0 - rr, x0 + rr, y0 + rr], fill=c)
     # the object
-    scale = rng.uniform(0.18, 0.36)
+    scale = rng.uniform(scale_lo, scale_hi)
     r = scale * size
     cx, cy = rng.uniform(r * 1.1, size - r * 1.1, 2)
-    rot = rng.uniform(0, 2 * math.pi)
+    rot = rng.uniform(0, 2 * math.pi) if rotate else 0.0 * rng.uniform(0, 1)
     rgb = np.array(COLOURS.get(colour) or EXTRA_COLOURS[colour]) + rng.integers(-25, 26, 3)
     fill = tuple(int(v) for v in np.clip(rgb, 0, 255))
     if texture_p is None:
@@ -172,7 +183,7 @@ def render(rng: np.random.Generator, size: int, shape: str, colour: str, texture
     img.paste(obj, (0, 0), mask)
     arr = np.asarray(img).astype(np.float32) + rng.normal(0, 6, (size, size, 3))
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    attrs = {"shape": shape, "colour": colour, "texture": texture, "size": "big" if scale > 0.28 else "small",
+    attrs = {"shape": shape, "colour": colour, "texture": texture, "size": "big" if scale > big_above else "small",
              "background": "dark" if dark else "bright"}
     return img, attrs
 
@@ -254,9 +265,11 @@ def noisy_hashtags(rng, attrs: dict, tail: float = 0.0) -> list[str]:
     return ["#" + _variant(rng, tags[i]) for i in order]
 
 
-def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0) -> tuple[bytes, dict]:
+def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0,
+                scene: str = "web") -> tuple[bytes, dict]:
     """(JPEG bytes, metadata) of one sample: a function of its arguments only.  ``tail`` > 0: training objects
-    and attributes are drawn Zipf-like from the longer lists, evaluation labels cycle through the classes."""
+    and attributes are drawn Zipf-like from the longer lists, evaluation labels cycle through the classes.
+    ``scene``: a key of ``SCENES``."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     texture_p = zipf_probs(len(TAIL_TEXTURES), tail) if tail else None
     if split == "train" and tail:
@@ -267,7 +280,7 @@ def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0)
     else:
         label = index % len(CLASSES) if tail else int(rng.integers(0, len(CLASSES)))
         colour, shape = CLASSES[label].split("_")
-    img, attrs = render(rng, size, shape, colour, texture_p=texture_p)
+    img, attrs = render(rng, size, shape, colour, texture_p=texture_p, scene=scene)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
     key = f"{index:09d}"
@@ -293,10 +306,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _write_shard(args) -> tuple[str, int]:
     path, seed, split, start, stop, size, *rest = args
     tail = rest[0] if rest else 0.0
+    scene = rest[1] if len(rest) > 1 else "web"
     with open(path + ".tmp", "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(start, stop):
-                jpeg, meta = make_sample(seed, split, i, size, tail)
+                jpeg, meta = make_sample(seed, split, i, size, tail, scene)
                 key = meta["key"]
                 _add(tar, f"{key}.jpg", jpeg)
                 if split == "train" and "hashtags" not in meta and i % 2:  # img2dataset's caption-as-txt layout
@@ -318,7 +332,8 @@ def clear_old_collection(out: str) -> None:
 
 
 def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_images: int = 500,
-               shard_size: int = 500, workers: int = 1, tail="none", overwrite: bool = False) -> dict:
+               shard_size: int = 500, workers: int = 1, tail="none", scene: str = "web",
+               overwrite: bool = False) -> dict:
     """Write the collection under ``out``; returns the manifest (also written to ``out/manifest.json``).
     ``tail``: ``"none"`` (uniform objects, the original collection) or ``"zipf:S"`` (long-tailed).
 
@@ -328,6 +343,8 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
         raise ValueError("--images and --shard-size must be positive, --eval-images >= 0")
     if not 16 <= size <= 512:
         raise ValueError(f"--size must be in [16, 512], got {size}")
+    if scene not in SCENES:
+        raise ValueError(f"--scene {scene!r}: choose one of {', '.join(SCENES)}")
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
             raise ValueError(f"--out {out} is not empty; pass --overwrite to replace the collection there, or "
@@ -342,7 +359,8 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
         for k, start in enumerate(range(0, n, shard_size)):
             name = f"{split}-{k:06d}.tar"
             shards_of[split].append(name)
-            jobs.append((os.path.join(out, name), seed, split, start, min(n, start + shard_size), size, exponent))
+            jobs.append((os.path.join(out, name), seed, split, start, min(n, start + shard_size), size, exponent,
+                         scene))
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -356,7 +374,7 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
     manifest = {
         "format": "webdataset (img2dataset layout: KEY.jpg + KEY.json or KEY.txt)",
         "generator": "mawstron data synth",
-        "seed": seed, "size": size, "shard_size": shard_size,
+        "seed": seed, "size": size, "shard_size": shard_size, "scene": scene,
         "counts": splits, "shards": shards_of,
         "classes": CLASSES, "num_classes": len(CLASSES),
         "class_definition": "colour_shape of the object (eval splits only; json 'label' indexes 'classes')",
