@@ -9,7 +9,8 @@ from .contrastive import clip_loss
 from .flops import forward_flops, forward_flops_breakdown, training_flops
 from .mae import MAEConfig, MaskedAutoencoder, create_mae, encoder_state_dict, patchify, random_masking, unpatchify
 from .pos_embed import resample_abs_pos_embed, sincos_2d
-from .vit import PRESETS, ViTConfig, VisionTransformer, count_parameters, create_vit, vit_config
+from .vit import (PRESETS, SIZE_FIELDS, ViTConfig, VisionTransformer, count_parameters, create_vit, size_overrides,
+                  vit_config)
 from .weights import (
     LoadReport,
     adapt_state_dict,
@@ -31,6 +32,8 @@ __all__ = [
     "clip_loss",
     "create_clip",
     "PRESETS",
+    "SIZE_FIELDS",
+    "size_overrides",
     "LoadReport",
     "adapt_state_dict",
     "check_fit",

@@ -101,6 +101,16 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The shape fields a run may override on top of its preset (``model.*`` in a run config).  Checkpoints record them,
+# and every reader that rebuilds a model from a checkpoint's config passes exactly these on.
+SIZE_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
+
+
+def size_overrides(model: dict) -> dict:
+    """The non-zero ``SIZE_FIELDS`` of a recorded ``model`` section (0 and missing mean: the preset's value)."""
+    return {k: model[k] for k in SIZE_FIELDS if model.get(k)}
+
+
 def vit_config(name: str, **overrides) -> ViTConfig:
     """The config of preset ``name`` with ``overrides`` (any ``ViTConfig`` field) applied."""
     if name not in PRESETS:

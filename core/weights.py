@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .mae import DECODER_KEY_PREFIXES
 from .pos_embed import resample_abs_pos_embed
+from .vit import size_overrides
 
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
 _PREFIXES = ("module.", "_orig_mod.", "vision_encoder.", "encoder.")
@@ -248,7 +249,7 @@ def create_vit_from_checkpoint(path: str | os.PathLike, num_classes: int | None 
     if not preset:
         raise ValueError(f"{os.fspath(path)!r} names no preset and its shapes match none: build the model with "
                          f"create_vit(...) and call load_pretrained")
-    sizes = {k: model_meta[k] for k in ("img_size", "embed_dim", "depth", "num_heads") if model_meta.get(k)}
+    sizes = size_overrides(model_meta)
     head = sd.get("head.weight")
     if num_classes is None:
         num_classes = meta.get("num_classes") or (int(head.shape[0]) if head is not None else 0)

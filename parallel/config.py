@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from mawstron.core import LitConfig, MAEConfig, PRESETS, vit_config
+from mawstron.core import LitConfig, MAEConfig, PRESETS, size_overrides, vit_config
 from mawstron.core.data import DataConfig
 
 STAGES = ("mae", "wsp", "finetune", "lit")
@@ -37,13 +37,14 @@ class ModelConfig:
     embed_dim: int = 0
     depth: int = 0
     num_heads: int = 0
+    patch_size: int = 0
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ConfigError(f"model.preset={self.preset!r} is not a preset; choose one of {sorted(PRESETS)}")
 
     def vit_overrides(self) -> dict:
-        out = {k: getattr(self, k) for k in ("img_size", "embed_dim", "depth", "num_heads") if getattr(self, k)}
+        out = size_overrides(dataclasses.asdict(self))
         if self.drop_path_rate:
             out["drop_path_rate"] = self.drop_path_rate
         return out

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from mawstron.core import LitConfig, create_clip
+from mawstron.core import LitConfig, create_clip, size_overrides
 from mawstron.core.clip_weights import infer_clip_config, read_clip_state_dict
 from mawstron.core.data import DataConfig, build_eval_loader
 from mawstron.core.data.shards import build_index, expand_shards, parse_meta
@@ -50,8 +50,7 @@ def load_clip(checkpoint: str, tokenizer: str = ""):
             raise ValueError(f"{checkpoint} is a {run['train']['stage']} run; zero-shot needs a LiT run "
                              f"(train.stage=lit) or a MAWS-CLIP file")
         state = read_zero_checkpoint(checkpoint)
-        preset, overrides = run["model"]["preset"], {k: v for k, v in run["model"].items()
-                                                      if k in ("img_size", "embed_dim", "depth", "num_heads") and v}
+        preset, overrides = run["model"]["preset"], size_overrides(run["model"])
         lit = _lit_of(run["lit"])
         default_tokenizer = os.path.join(checkpoint, TOKENIZER_FILE)
     else:
@@ -65,7 +64,7 @@ def load_clip(checkpoint: str, tokenizer: str = ""):
         if "lit" in meta:
             model = json.loads(meta["model"])
             preset = model["preset"]
-            overrides = {k: v for k, v in model.items() if k in ("img_size", "embed_dim", "depth", "num_heads") and v}
+            overrides = size_overrides(model)
             lit = _lit_of(json.loads(meta["lit"]))
         else:
             preset, overrides, lit = infer_clip_config(state)

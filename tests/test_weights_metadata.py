@@ -14,11 +14,11 @@ from mawstron.core import create_vit, create_vit_from_checkpoint, guess_preset, 
 from mawstron.core.weights import read_checkpoint
 
 
-def consolidated_like(path, preset="vit_micro", num_classes=3, vocab=("red", "green", "blue")):
-    """A file with the header `mawstron consolidate --keep-head` writes."""
-    model = create_vit(preset, num_classes=num_classes)
-    meta = {"format": "timm", "preset": preset, "model": json.dumps({"preset": preset, "img_size": 0, "embed_dim": 0,
-                                                                    "depth": 0, "num_heads": 0}),
+def consolidated_like(path, preset="vit_micro", num_classes=3, vocab=("red", "green", "blue"), **sizes):
+    """A file with the header `mawstron consolidate --keep-head` writes (``sizes``: the run's model.* overrides)."""
+    model = create_vit(preset, num_classes=num_classes, **sizes)
+    recorded = {"preset": preset, "img_size": 0, "patch_size": 0, "embed_dim": 0, "depth": 0, "num_heads": 0} | sizes
+    meta = {"format": "timm", "preset": preset, "model": json.dumps(recorded),
             "stage": "wsp", "num_classes": str(num_classes), "vocab": json.dumps(list(vocab))}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
     return model
@@ -36,6 +36,19 @@ def test_a_consolidated_file_builds_its_model_with_classes_and_vocabulary(tmp_pa
     assert report.num_classes == 3 and report.vocab == ["red", "green", "blue"]
     report = load_pretrained(create_vit("vit_micro"), path)  # an encoder for features: the head is left out
     assert sorted(report.dropped) == ["head.bias", "head.weight"] and not report.unexpected
+
+
+def test_a_run_with_another_patch_size_rebuilds_with_it(tmp_path):
+    """model.patch_size (the study's 8 on vit_tiny's 32 px, whose preset patch is 4) is recorded and read back."""
+    from mawstron.parallel.config import ModelConfig
+
+    path = tmp_path / "p8.safetensors"
+    src = consolidated_like(path, preset="vit_tiny", patch_size=8, depth=2)
+    model, _ = create_vit_from_checkpoint(path)
+    assert model.config.patch_size == 8 and model.config.num_patches == 16 and model.config.depth == 2
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items())
+    cfg = ModelConfig(preset="vit_tiny", patch_size=8, depth=2)
+    assert cfg.vit_overrides() == {"patch_size": 8, "depth": 2} and cfg.vit_config().num_patches == 16
 
 
 def test_a_plain_timm_file_without_metadata_is_recognised_by_its_shapes(tmp_path):
