@@ -134,7 +134,8 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
     shots = [int(k) for k in s["shots"].split(",") if k]
     data = result["data"]
     tail = data.get("tail", {})
-    model = s["preset"] + "".join(f", {k} {s[k]}" for k in ("depth", "embed_dim", "num_heads") if s.get(k))
+    model = s["preset"] + "".join(f", {k} {s[k]}" for k in ("depth", "embed_dim", "num_heads", "patch_size")
+                                  if s.get(k))
     lines = [
         "# The MAWS study in miniature, with error bars",
         "",
@@ -146,14 +147,16 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
     if note:
         lines += [note, ""]
     lines += [
-        f"Data: `mawstron data synth --tail {s['tail']}` ({s['images']} training images with noisy hashtags, "
+        f"Data: `mawstron data synth --tail {s['tail']} --scene {s.get('scene', 'web')}` ({s['images']} training "
+        f"images with noisy hashtags, "
         f"{s['size']} px, {data.get('vocab_size')} hashtags in the vocabulary; {s['eval_images']} class-balanced "
         f"labelled images in each of the probe-train and test splits, {data['num_classes']} classes). Head classes: "
         f"{', '.join(tail.get('head_classes', [])) or '-'}; tail classes: "
         f"{', '.join(tail.get('tail_classes', [])) or '-'}. "
         f"Model: `{model}` on {s['ranks']} rank(s) (DeepSpeed ZeRO-3, {s['precision']}), "
         f"micro-batch {s['micro_batch']}. "
-        f"(a) MAE {s['mae_steps']} steps; WSP {s['wsp_steps']} steps at 100% (lr {s['wsp_lr']:g}, warmup 10%, cosine), "
+        f"(a) MAE {s['mae_steps']} steps; WSP {s['wsp_steps']} steps at 100% (lr {s['wsp_lr']:g}, warmup 10%, cosine"
+        + (f", crops of at least {s['min_crop_area']:.0%} of the image" if s.get("min_crop_area") else "") + "), "
         f"(b) and (c) with the same data, seeds and schedule; (c) starts from the same seed's (a). Evaluation: frozen "
         f"features ({s['pool']} pooling), linear probe (L2 chosen on a hold-out), k-shot logistic regression "
         f"averaged over {s['draws']} draws"
