@@ -41,6 +41,26 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 
 
+CPU_SHM_PREFIX = "/dev/shm/deepspeed_allreduce_buffer"
+
+
+def release_cpu_shm_name(rank: int) -> None:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer name once every rank has mapped its peers' buffers.
+
+    DeepSpeed's CPU accelerator (``ops/csrc/cpu/comm/shm_interface.cpp``) creates
+    ``/dev/shm/deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}`` (66 MB) for each local rank
+    while ``init_distributed`` runs, maps every peer's, and never unlinks them: each run left 66 MB per rank in
+    /dev/shm, and test suites that kill runs filled it.  After the barrier every rank holds its mappings, which stay
+    valid after the name is gone, so each rank removes its own name and even a killed run leaves nothing behind."""
+    env = os.environ
+    name = f"{CPU_SHM_PREFIX}_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
+    dist.barrier()  # on every CPU rank, whether or not DeepSpeed used shared memory (it does not across hosts)
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -58,6 +78,8 @@ class Trainer:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    timeout=datetime.timedelta(seconds=self.cfg.parallel.timeout_s))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if not torch.cuda.is_available():
+            release_cpu_shm_name(self.rank)
         if torch.cuda.is_available():
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
             torch.cuda.set_device(local_rank)

@@ -5,6 +5,7 @@ The runs are session-scoped and shared between assertions because each launch co
 of a fresh machine also JIT-builds DeepSpeed's C++ ops).
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -50,11 +51,16 @@ def resumed_run(workdir, mae_run):
     """The same run killed (SIGKILL, whole process group) right after its step-4 checkpoint, then resumed."""
     run_dir = os.path.join(workdir, "mae_killed")
     marker = os.path.join(run_dir, "checkpoints", "latest")  # replaced atomically, first after step 4
+    shm_before = shm_buffers()
     run_and_kill_after("vit_tiny_mae.py", mae_overrides(run_dir), cwd=workdir, marker=marker)
     killed_at = read_metrics(run_dir)[-1]["step"]
     out = run("vit_tiny_mae.py", mae_overrides(run_dir), cwd=workdir, extra=["--resume"])
     assert out.returncode == 0, out.stdout[-4000:]
-    return run_dir, killed_at, out.stdout
+    return run_dir, killed_at, out.stdout, shm_buffers() - shm_before
+
+
+def shm_buffers() -> set[str]:
+    return set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
 
 
 def test_zero3_shards_parameters_across_ranks(mae_run):
@@ -100,7 +106,7 @@ def test_checkpoints_are_complete_and_pruned(mae_run):
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_losses(mae_run, resumed_run):
-    run_dir, killed_at, stdout = resumed_run
+    run_dir, killed_at, stdout, _ = resumed_run
     assert killed_at < MAE_STEPS, "the kill came too late to interrupt the run"
     assert "resumed from" in stdout and "step 4" in stdout
     full = {m["step"]: m for m in read_metrics(mae_run)}
@@ -109,6 +115,12 @@ def test_resume_after_kill_reproduces_the_uninterrupted_losses(mae_run, resumed_
     for step in range(5, MAE_STEPS + 1):
         assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-5, abs=1e-6), step
         assert resumed[step]["lr"] == pytest.approx(full[step]["lr"])
+
+
+def test_killed_and_resumed_runs_leave_no_shared_memory_behind(resumed_run):
+    """DeepSpeed's CPU all-reduce buffers (66 MB per rank) are unlinked once mapped (Trainer.init_distributed),
+    so neither the SIGKILLed run nor the resumed one leaves /dev/shm files."""
+    assert not resumed_run[3]
 
 
 @pytest.fixture(scope="session")
