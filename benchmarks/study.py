@@ -1,6 +1,6 @@
 """The MAWS study in miniature, with error bars: does MAE pre-pretraining help weakly-supervised pretraining?
 
-    make study                              # SEEDS=3: every arm three times (about an hour on 2 free cores)
+    make study                              # SEEDS=3: every arm three times (43 min on 2 idle cores)
     python benchmarks/study.py --quick      # a few steps of each run: checks the plumbing, not the claim
 
 On the embedded long-tailed dataset (`mawstron data synth --tail zipf:1.1 --scene upright`: procedural objects
@@ -46,11 +46,13 @@ images, 15 classes, chance 6.7%); numbers are that probe after N steps at batch 
   - MAE 800 steps: 41.3%; WSP from it: 37.3% @ 400.
 
 So the defaults are `--scene upright`, patch 8, MAE 800 steps, WSP 600 steps at lr 5e-4 (WSP fractions 25/50/100%),
-micro-batch 64, crops of at least 35% of the image (`--min-crop-area 0.35`), one rank: about an hour on two
-otherwise idle cores (launches take 30-45 s each of it).  The issue's aim, WSP arms far above chance (over 60%), is
-not reached by them (they reach the mid-30s, five times chance); reaching it would take another data design or many
-more steps than an hour on two cores gives, and was not shown.  Every size is a flag (--images, --size, --scene,
---preset/--depth/--embed-dim/--patch-size, --mae-steps, --wsp-steps, ...).
+micro-batch 64, crops of at least 35% of the image (`--min-crop-area 0.35`), one rank.  Measured with them
+(`make study`, 2026-12-01, two otherwise idle cores, 43 min; benchmarks/results/study.md): MAE 50.4%, WSP from
+scratch 38.3%, MAWS 47.6% at 100% of the WSP steps (mean of 3 seeds; the real trainer's MAE reached more than the in-process
+pilot's 41%: the two differ in decoding and augmentation).  The issue's aim, WSP arms over 60%, is not reached; reaching it would take another data
+design (labels of the form of the evaluation classes) or many more steps than an hour on two cores, and was not
+shown.  Every size is a flag (--images, --size, --scene, --preset/--depth/--embed-dim/--patch-size, --mae-steps,
+--wsp-steps, ...).
 """
 
 from __future__ import annotations
@@ -159,6 +161,13 @@ def parse_args(argv=None):
         args.lit_steps = 0 if args.quick else 100
     if args.lit_steps < 0 or args.lit_seeds < 0:
         p.error("--lit-steps and --lit-seeds must be >= 0")
+    if args.lit_steps:  # LiT's text tower: fail now, not after the first training of the study
+        import importlib.util
+
+        missing = [m for m in ("transformers", "tokenizers") if importlib.util.find_spec(m) is None]
+        if missing:
+            p.error(f"--lit-steps {args.lit_steps} needs {' and '.join(missing)} (LiT's text tower): run `make install` "
+                    f"(or pip install -e .), or pass --lit-steps 0")
     full = f"{max(args.fraction_list):g}"
     args.lit_arm_list = ([a for a in args.lit_arms.split(",") if a] if args.lit_arms else
                          ["mae", f"wsp_scratch@{full}", f"maws@{full}"])
