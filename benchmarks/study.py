@@ -238,9 +238,10 @@ def common_overrides(args, seed: int, steps: int) -> list[str]:
            "checkpoint.keep_last=1", f"parallel.precision={args.precision}", f"model.preset={args.preset}",
            f"optim.warmup_steps={max(1, steps // 10)}",
            "parallel.activation_checkpointing=0"]  # a tiny model: recomputing activations would only cost time
-    return out + [f"model.{k}={v}" for k, v in (("depth", args.depth), ("embed_dim", args.embed_dim),
-                                                ("num_heads", args.num_heads), ("patch_size", args.patch_size))
-                                    if v]
+    from mawstron.core import SIZE_FIELDS
+
+    # the model.* size overrides the study has flags for (--depth, --embed-dim, --num-heads, --patch-size; 0: keep)
+    return out + [f"model.{k}={getattr(args, k)}" for k in SIZE_FIELDS if getattr(args, k, 0)]
 
 
 def overrides_for(args, arm: Arm, seed: int, data_dir: str, mae_checkpoint: str) -> list[str]:

@@ -135,8 +135,9 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
     shots = [int(k) for k in s["shots"].split(",") if k]
     data = result["data"]
     tail = data.get("tail", {})
-    model = s["preset"] + "".join(f", {k} {s[k]}" for k in ("depth", "embed_dim", "num_heads", "patch_size")
-                                  if s.get(k))
+    from mawstron.core import SIZE_FIELDS
+
+    model = s["preset"] + "".join(f", {k} {s[k]}" for k in SIZE_FIELDS if s.get(k))
     lines = [
         "# The MAWS study in miniature, with error bars",
         "",

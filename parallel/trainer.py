@@ -78,13 +78,13 @@ class Trainer:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    timeout=datetime.timedelta(seconds=self.cfg.parallel.timeout_s))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if not torch.cuda.is_available():
-            release_cpu_shm_name(self.rank)
         if torch.cuda.is_available():
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
             torch.cuda.set_device(local_rank)
             self.device = torch.device("cuda", local_rank)
-        elif "OMP_NUM_THREADS" not in os.environ:
+            return
+        release_cpu_shm_name(self.rank)
+        if "OMP_NUM_THREADS" not in os.environ:
             # CPU ranks share the machine's cores: by default each would start one intra-op thread per core,
             # and oversubscribed OpenMP threads spin-wait (several times slower on 2 cores with 2 ranks)
             local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))

@@ -145,7 +145,9 @@ def render(rng: np.random.Generator, size: int, shape: str, colour: str, texture
     scale = rng.uniform(scale_lo, scale_hi)
     r = scale * size
     cx, cy = rng.uniform(r * 1.1, size - r * 1.1, 2)
-    rot = rng.uniform(0, 2 * math.pi) if rotate else 0.0 * rng.uniform(0, 1)
+    rot = rng.uniform(0, 2 * math.pi)  # drawn in every scene, so that the draws after it do not depend on the scene
+    if not rotate:
+        rot = 0.0
     rgb = np.array(COLOURS.get(colour) or EXTRA_COLOURS[colour]) + rng.integers(-25, 26, 3)
     fill = tuple(int(v) for v in np.clip(rgb, 0, 255))
     if texture_p is None:
@@ -304,9 +306,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _write_shard(args) -> tuple[str, int]:
-    path, seed, split, start, stop, size, *rest = args
-    tail = rest[0] if rest else 0.0
-    scene = rest[1] if len(rest) > 1 else "web"
+    path, seed, split, start, stop, size, tail, scene = args
     with open(path + ".tmp", "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(start, stop):
