@@ -30,7 +30,7 @@ def add_parser(subparsers):
 def recipe_options_help(parser=None, title: str = "recipe options (passed on to the recipe on every rank)") -> str:
     """The recipe's own flags (``--set``, ``--resume``, ``--overwrite``, ...), passed on to every rank: shown by
     ``mawstron train --help`` too."""
-    from mawstron.parallel.launch import build_arg_parser
+    from mawstron.parallel.launcher.launch import build_arg_parser
 
     text = (parser or build_arg_parser()).format_help()
     options = text[text.index("options:") + len("options:"):] if "options:" in text else text
@@ -48,7 +48,7 @@ def _free_port() -> int:
 def validate(recipe: str, recipe_args: list[str]):
     """The recipe's resolved RunConfig (raises ConfigError / SystemExit with a message on any problem)."""
     from mawstron.parallel.config import RunConfig
-    from mawstron.parallel.launch import build_arg_parser, resolve_config
+    from mawstron.parallel.launcher.launch import build_arg_parser, resolve_config
 
     if not os.path.isfile(recipe):
         raise SystemExit(f"mawstron train: recipe {recipe!r} does not exist")
@@ -70,7 +70,7 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: config error: {e}", file=sys.stderr)
         return 2
     from mawstron.core.data import check_data
-    from mawstron.parallel.periodic_eval import check_eval_data
+    from mawstron.parallel.training.periodic_eval import check_eval_data
 
     try:
         check_data(cfg.data, cfg.train.stage)
@@ -79,12 +79,12 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: data error: {e}", file=sys.stderr)
         return 2
     from mawstron.parallel.console import launcher_log_args
-    from mawstron.parallel.launch import build_arg_parser
-    from mawstron.parallel.preflight import PreflightError, clear_old_checkpoints, preflight
+    from mawstron.parallel.launcher.launch import build_arg_parser
+    from mawstron.parallel.launcher.preflight import PreflightError, clear_old_checkpoints, preflight
 
     recipe_flags = build_arg_parser().parse_args(recipe_args)
     if recipe_flags.dry_run:  # the recipe's own dry run, in this process: nothing starts
-        from mawstron.parallel.launch import launch
+        from mawstron.parallel.launcher.launch import launch
 
         return launch(cfg, recipe_args)
     try:

@@ -191,7 +191,7 @@ class CheckpointConfig:
 @dataclass
 class FinetuneConfig:
     """MAE's fine-tuning regularisation (core/augment.py; MAE's FINETUNE.md uses mixup=0.8 cutmix=1.0 reprob=0.25)
-    and an exponential moving average of the weights (parallel/ema.py).  Names follow MAE's main_finetune.py."""
+    and an exponential moving average of the weights (parallel/engine/ema.py).  Names follow MAE's main_finetune.py."""
 
     mixup: float = 0.0  # mixup alpha; 0 disables
     cutmix: float = 0.0  # cutmix alpha; 0 disables
@@ -216,7 +216,7 @@ class FinetuneConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during training (parallel/periodic_eval.py): fine-tuning reports top-1/top-5 on
+    """Evaluation during training (parallel/training/periodic_eval.py): fine-tuning reports top-1/top-5 on
     ``test_shards``; MAE and WSP report k-NN top-1 of frozen features (``train_shards`` as the memory,
     ``test_shards`` as queries).  Shards or an ImageFolder directory.  Runs every ``every_steps`` and at the end
     when ``test_shards`` is set."""

@@ -10,13 +10,13 @@ import signal
 import pytest
 
 from mawstron.cli.main import main as cli_main
-from mawstron.parallel import checkpoint as ckpt
+from mawstron.parallel.checkpoints import store as ckpt
 from mawstron.parallel.config import ConfigError, RunConfig, apply_overrides
-from mawstron.parallel.ds_config import build_ds_config
-from mawstron.parallel.launch import launch
-from mawstron.parallel.resilience import PreemptionHandler
-from mawstron.parallel.schedule import format_duration, schedule
-from mawstron.parallel.status import StatusFile, read_status
+from mawstron.parallel.engine.ds_config import build_ds_config
+from mawstron.parallel.launcher.launch import launch
+from mawstron.parallel.training.resilience import PreemptionHandler
+from mawstron.parallel.training.schedule import format_duration, schedule
+from mawstron.parallel.training.status import StatusFile, read_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,7 +187,7 @@ def test_preemption_handler_records_the_signal_and_restores_handlers():
 
 def test_data_position_on_a_new_world_continues_the_images_seen():
     from mawstron.core.data.loader import SyntheticLoader
-    from mawstron.parallel.universal import data_state_for_world
+    from mawstron.parallel.checkpoints.universal import data_state_for_world
 
     # 2 ranks x 3 steps x accumulation 1 of micro-batch 8 = 48 images; on 1 rank (accumulation 2) the same 48
     old = [SyntheticLoader(img_size=8, micro_batch=8, rank=r, world_size=2) for r in range(2)]

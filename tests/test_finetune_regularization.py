@@ -9,9 +9,9 @@ import torch
 
 from mawstron.core.augment import MixupConfig, cutmix_box, mix_batch, random_erasing, smooth_targets
 from mawstron.parallel.config import ConfigError, RunConfig, apply_overrides
-from mawstron.parallel.ema import WeightEMA
-from mawstron.parallel.periodic_eval import knn_top1, topk_correct
-from mawstron.parallel.regularize import regularize
+from mawstron.parallel.engine.ema import WeightEMA
+from mawstron.parallel.training.periodic_eval import knn_top1, topk_correct
+from mawstron.parallel.training.regularize import regularize
 
 
 def one_hot(labels, n):
@@ -141,7 +141,7 @@ def test_knn_monitor_of_an_mae_encoder_and_the_split_of_work_between_ranks(tmp_p
 
     from folder_helpers import make_image_folder
     from mawstron.core import MAEConfig, create_mae
-    from mawstron.parallel.periodic_eval import PeriodicEval
+    from mawstron.parallel.training.periodic_eval import PeriodicEval
 
     root = str(tmp_path / "images")
     make_image_folder(root, images=22)
@@ -187,8 +187,8 @@ def test_train_refuses_missing_evaluation_data_before_launch(tmp_path, capsys):
 def test_ema_is_saved_with_checkpoints_and_resumed(tmp_path):
     import types
 
-    from mawstron.parallel import checkpoint as ckpt
-    from mawstron.parallel.periodic_eval import PeriodicEval
+    from mawstron.parallel.checkpoints import store as ckpt
+    from mawstron.parallel.training.periodic_eval import PeriodicEval
 
     cfg = apply_overrides(RunConfig(), assignments=["train.stage=finetune", "finetune.ema_decay=0.5",
                                                     "train.steps=4", "checkpoint.every_steps=2",

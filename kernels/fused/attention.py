@@ -9,10 +9,10 @@ Forward: one program per (query block, batch * head); online softmax over key bl
 normalised once at the end, and the log-sum-exp (base 2, scale folded in) saved per query row.
 Backward: a preprocess kernel computes ``delta = rowsum(dO * O)``, then either the ``fused`` schedule (one
 program per (batch, head), 5 matmuls, dQ accumulated in float32) or the ``split`` one (dK/dV and dQ kernels,
-7 matmuls, more parallel); see kernels/attention_kernels.py.  No atomics, no N x N tensor in memory.
+7 matmuls, more parallel); see kernels/fused/attention_kernels.py.  No atomics, no N x N tensor in memory.
 
 Any sequence length (only the last, partial block is masked); head dim 80 runs as 64 + 16, not padded to 128.
-Launch configs: kernels/attention_configs.py (a tuned table over a heuristic).  Inputs fp16/bf16/fp32,
+Launch configs: kernels/fused/attention_configs.py (a tuned table over a heuristic).  Inputs fp16/bf16/fp32,
 accumulation fp32.  Reference: ``ops.attention_reference`` (SDPA).
 """
 

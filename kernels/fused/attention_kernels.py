@@ -1,4 +1,4 @@
-"""The Triton programs of the fused attention (kernels/attention.py launches them).
+"""The Triton programs of the fused attention (kernels/fused/attention.py launches them).
 
 Every matmul is written so that Hopper's ``wgmma`` can run it: Triton emits ``wgmma.mma_async`` only when a dot's
 M dimension (rows of its left operand) is a multiple of 64, so each dot's M is the block that the *program* owns
@@ -14,7 +14,7 @@ dim 80 runs as 64 + 16 (two dots where the head dim is the reduction or output w
 Sequence: the loops over the *other* operand's blocks run over full blocks without masks and peel the last,
 partial block into one masked step (ViT sequence lengths 50, 65, 197, 257, 1370 are never multiples of a block).
 
-Backward, two schedules (``kernels/attention_configs.py`` picks one):
+Backward, two schedules (``kernels/fused/attention_configs.py`` picks one):
   * ``split`` (sequence-parallel): a dK/dV program per key block looping over query blocks (4 matmuls: S^T, dV,
     dP^T, dK) plus a dQ program per query block looping over key blocks (3 matmuls: S, dP, dQ) -- 7 matmuls of
     N x N x D per (batch, head), S and dP computed twice, no atomics, parallel over N / block x B x H programs.

@@ -1,4 +1,6 @@
-"""Training checkpoints: crash-safe saves, resume lookup, and offline consolidation of ZeRO-3 shards.
+"""Training checkpoints: crash-safe saves, verification, resume lookup, and reading ZeRO-3 shards back whole.
+
+(Export to one file is ``parallel/checkpoints/consolidate.py``, which builds on this module.)
 
 Layout of ``<checkpoint_dir>``::
 
@@ -248,6 +250,15 @@ def is_zero_checkpoint_dir(path: str) -> bool:
     return os.path.isdir(path) and (os.path.isfile(os.path.join(path, LATEST)) or bool(complete_tags(path)))
 
 
+def find_checkpoint_dir(path: str) -> str | None:
+    """``path`` if it is a checkpoint folder (holding ``latest`` or a complete ``step_*``), ``path/checkpoints`` if
+    ``path`` is a run folder holding one, else None."""
+    for candidate in (path, os.path.join(path, "checkpoints")):
+        if is_zero_checkpoint_dir(candidate):
+            return candidate
+    return None
+
+
 def read_zero_checkpoint(ckpt_dir: str, tag: str | None = None) -> dict[str, torch.Tensor]:
     """The full fp32 model state dict of a ZeRO checkpoint, merged from every rank's shards on the CPU (no GPUs,
     no process group)."""
@@ -255,48 +266,3 @@ def read_zero_checkpoint(ckpt_dir: str, tag: str | None = None) -> dict[str, tor
 
     tag = resolve_tag(ckpt_dir, tag)
     return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=False)
-
-
-def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head: bool = False, say=print) -> dict:
-    """Write the encoder of a ZeRO checkpoint as one safetensors file in timm key layout.
-
-    Decoder and mask token (MAE) are dropped; the classification head (WSP) too unless ``keep_head``.  The
-    file's metadata carries the preset and ViT overrides so ``mawstron eval`` can rebuild the model.  The
-    checkpoint is verified against its manifest first; without ``tag``, a damaged newest checkpoint is reported
-    through ``say`` and the newest one that verifies is used.  Returns a summary (tag, step, number of tensors
-    and parameters)."""
-    from safetensors.torch import save_file
-
-    from mawstron.core import encoder_state_dict
-
-    if tag is None:
-        tag = newest_verified_tag(ckpt_dir, say=say)
-    else:
-        tag = resolve_tag(ckpt_dir, tag)
-        problems = verify_files(ckpt_dir, tag)
-        if problems:
-            raise ValueError(f"checkpoint {tag} failed verification: {problems[0]}; pick another with --tag "
-                             f"(`mawstron checkpoints verify {ckpt_dir}` lists them)")
-    if read_run_config(ckpt_dir, tag)["train"]["stage"] == "lit":  # both towers, in the MAWS-CLIP layout
-        from .zero_shot import consolidate_clip
-
-        return consolidate_clip(ckpt_dir, out_path, tag)
-    state = encoder_state_dict(read_zero_checkpoint(ckpt_dir, tag))
-    if not keep_head:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    run = read_run_config(ckpt_dir, tag)
-    step = read_marker(ckpt_dir, tag)["step"]
-    metadata = {
-        "format": "timm",
-        "preset": run["model"]["preset"],
-        "model": json.dumps(run["model"]),
-        "stage": run["train"]["stage"],
-        "step": str(step),
-        "source": os.path.abspath(os.path.join(ckpt_dir, tag)),
-    }
-    from .zero_weights import head_metadata
-
-    metadata.update(head_metadata(state, run))  # num_classes and the vocabulary, so loading needs no guess
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, out_path, metadata=metadata)
-    return {"tag": tag, "step": step, "tensors": len(state), "params": sum(v.numel() for v in state.values())}

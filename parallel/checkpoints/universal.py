@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 
-from .checkpoint import UNIVERSAL, write_atomic
+from .store import UNIVERSAL, write_atomic
 
 CONVERTED = "CONVERTED"  # written last into <tag>/universal/: the cached conversion is whole
 # the settings each group carries by construction (optim.param_groups); DeepSpeed's universal load overwrites them

@@ -14,9 +14,9 @@ import torch
 
 from mawstron.core import register_folder_reader
 
-from .checkpoint import read_run_config, read_zero_checkpoint
-from .console import stdout_to_stderr
-from .preflight import find_checkpoint_dir
+from .store import read_run_config, read_zero_checkpoint
+from ..console import stdout_to_stderr
+from .store import find_checkpoint_dir
 
 
 def _label_names(run: dict) -> list[str] | None:

@@ -29,9 +29,9 @@ from mawstron.core import (
 )
 
 from .activation_checkpointing import apply_activation_checkpointing
-from .checkpoint import read_zero_checkpoint
-from .console import stdout_to_stderr
-from .config import RunConfig
+from ..checkpoints.store import find_checkpoint_dir, read_zero_checkpoint
+from ..console import stdout_to_stderr
+from ..config import RunConfig
 
 
 def construct(cfg: RunConfig, num_classes: int | None):
@@ -39,7 +39,7 @@ def construct(cfg: RunConfig, num_classes: int | None):
     lit ``num_classes`` is the tokenizer's vocabulary size."""
     overrides = cfg.model.vit_overrides()
     if cfg.train.stage == "lit":
-        from .lit import construct_clip
+        from ..stages.lit import construct_clip
 
         return construct_clip(cfg, num_classes)
     if cfg.train.stage == "mae":
@@ -58,7 +58,7 @@ def build_model(cfg: RunConfig, num_classes: int | None, ds_config: dict) -> tor
     else:
         zero_init = contextlib.nullcontext()
     if cfg.train.stage == "lit":
-        from .lit import build_clip
+        from ..stages.lit import build_clip
 
         model = build_clip(cfg, num_classes, zero_init)
     else:
@@ -71,7 +71,7 @@ def build_model(cfg: RunConfig, num_classes: int | None, ds_config: dict) -> tor
             print(f"[mawstron] init_from {cfg.checkpoint.init_from}: loaded {len(report.loaded)} encoder tensors; "
                   f"fresh: {report.missing}; dropped: {len(report.dropped)} decoder/mask-token/head tensors", flush=True)
     if cfg.train.stage == "lit":
-        from .lit import lock_and_checkpoint
+        from ..stages.lit import lock_and_checkpoint
 
         lock_and_checkpoint(model, cfg)
     else:
@@ -81,8 +81,6 @@ def build_model(cfg: RunConfig, num_classes: int | None, ds_config: dict) -> tor
 
 def read_checkpoint_weights(source: str) -> dict[str, torch.Tensor]:
     """All weights of an MAE/WSP checkpoint: a ZeRO checkpoint dir or a consolidated file."""
-    from .preflight import find_checkpoint_dir
-
     ckpt_dir = find_checkpoint_dir(source)  # a checkpoints/ folder or the run folder holding one
     if ckpt_dir:
         with stdout_to_stderr():  # DeepSpeed's merge prints progress; stdout may be a command's JSON

@@ -8,7 +8,7 @@ in latency than they weigh), overlap communication with compute, and contiguous 
 
 from __future__ import annotations
 
-from .config import RunConfig
+from ..config import RunConfig
 
 
 def zero_bucket_sizes(cfg: RunConfig, width: int) -> dict:

@@ -14,7 +14,7 @@ optimizer's fp32 master partitions are never touched.
 The first ``update()`` starts the average at the current weights (DeiT's ``ModelEma`` starts at the initial
 weights; starting after the first step avoids averaging in a freshly initialised head).  Each rank saves its
 partitions' average as ``ema_rank<r>.pt`` in the checkpoint's folder at the trainer's periodic and final saves
-(parallel/periodic_eval.py), and a resumed run continues from it; a checkpoint without it (saved at another
+(parallel/training/periodic_eval.py), and a resumed run continues from it; a checkpoint without it (saved at another
 step) restarts the average from the resumed weights, and says so.
 """
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .config import OptimConfig
+from ..config import OptimConfig
 
 
 def layer_id(name: str, depth: int) -> int:

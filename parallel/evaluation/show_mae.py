@@ -12,8 +12,8 @@ import torch
 from mawstron.core import MAEConfig, create_mae, load_pretrained
 from mawstron.core.weights import read_state_dict
 
-from .checkpoint import is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
-from .config import ModelConfig
+from ..checkpoints.store import is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
+from ..config import ModelConfig
 
 
 def _mae_config(values: dict) -> MAEConfig:

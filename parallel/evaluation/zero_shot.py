@@ -23,14 +23,10 @@ from mawstron.core.data.shards import build_index, expand_shards, parse_meta
 from mawstron.core.eval import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier
 from mawstron.core.text import TOKENIZER_FILE, load_tokenizer
 
-from .checkpoint import is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
+from ..checkpoints.consolidate import tokenizer_beside
+from ..checkpoints.store import find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tokenizer_beside(path: str) -> str:
-    """Where ``mawstron consolidate`` puts a CLIP file's tokenizer: ``X.safetensors`` -> ``X.tokenizer.json``."""
-    return os.path.splitext(path)[0] + "." + TOKENIZER_FILE
 
 
 def _lit_of(section: dict) -> LitConfig:
@@ -41,8 +37,6 @@ def load_clip(checkpoint: str, tokenizer: str = ""):
     """``(CLIP model in eval mode, tokenizer)`` from any accepted checkpoint (see the module docstring)."""
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    from .preflight import find_checkpoint_dir
-
     checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     if is_zero_checkpoint_dir(checkpoint):
         run = read_run_config(checkpoint)
@@ -160,31 +154,3 @@ def lit_zero_shot(encoder: str, data_dir: str, out_dir: str, *, steps: int = 60,
     if not glob.glob(test):
         raise FileNotFoundError(f"no labelled test split {test}")
     return {**evaluate_zero_shot(ckpt, test), "lit_run": out_dir}
-
-
-def consolidate_clip(ckpt_dir: str, out_path: str, tag: str | None = None) -> dict:
-    """A LiT run's ZeRO-3 checkpoint -> one safetensors file in the MAWS-CLIP release layout
-    (``vision_encoder.*`` timm keys, ``text_encoder.encoder.transformer.*`` torchtext keys, projections,
-    ``logit_scale``), with the run's tokenizer copied beside it as ``NAME.tokenizer.json``."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from mawstron.core.clip_weights import ours_to_release
-
-    from .checkpoint import read_marker, resolve_tag
-
-    tag = resolve_tag(ckpt_dir, tag)
-    run = read_run_config(ckpt_dir, tag)
-    state = ours_to_release(read_zero_checkpoint(ckpt_dir, tag))
-    step = read_marker(ckpt_dir, tag)["step"]
-    metadata = {"format": "maws_clip", "preset": run["model"]["preset"], "model": json.dumps(run["model"]),
-                "lit": json.dumps(run["lit"]), "stage": "lit", "step": str(step),
-                "source": os.path.abspath(os.path.join(ckpt_dir, tag))}
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, out_path, metadata=metadata)
-    tokenizer = os.path.join(ckpt_dir, TOKENIZER_FILE)
-    if os.path.isfile(tokenizer):
-        shutil.copyfile(tokenizer, tokenizer_beside(out_path))
-    return {"tag": tag, "step": step, "tensors": len(state), "params": sum(v.numel() for v in state.values()),
-            "tokenizer": tokenizer_beside(out_path) if os.path.isfile(tokenizer) else None}

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 
-from .config import ConfigError, RunConfig, apply_overrides, to_dict
+from ..config import ConfigError, RunConfig, apply_overrides, to_dict
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def resolve_config(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
 
 
 def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
-    from .plan import format_plan, min_gpus, plan
+    from ..planning.plan import format_plan, min_gpus, plan
 
     stage = cfg.train.stage
     kwargs = dict(checkpoint_every=cfg.parallel.activation_checkpointing, mae=cfg.mae,
@@ -87,7 +87,7 @@ def _smallest_dividing_world(cfg: RunConfig, at_least: int) -> int:
 
 def schedule_line(cfg: RunConfig, world_size: int) -> str:
     """``  schedule on N GPUs: global batch ...``; ConfigError when the global batch does not divide."""
-    from .schedule import format_schedule, schedule
+    from ..training.schedule import format_schedule, schedule
 
     gpus = f"{world_size} GPU{'s' if world_size != 1 else ''}"
     return f"  schedule on {gpus}: {format_schedule(schedule(cfg, world_size))}"
@@ -120,7 +120,7 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
         return 2
-    from .console import quiet_third_party
+    from ..console import quiet_third_party
     from .preflight import PreflightError, clear_old_checkpoints, data_notice, preflight
 
     quiet_third_party(args.verbose or None)
@@ -134,8 +134,8 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
         clear_old_checkpoints(cfg)
     if first_rank and data_notice(cfg):
         print(data_notice(cfg), flush=True)
-    from .resilience import EXIT_PREEMPTED, Preempted
-    from .trainer import Trainer, TrainingDiverged
+    from ..training.resilience import EXIT_PREEMPTED, Preempted
+    from ..training.trainer import Trainer, TrainingDiverged
 
     launched_rank = "RANK" in os.environ  # a rank process of a launcher, not a caller's own process
     _ensure_process_group_env()

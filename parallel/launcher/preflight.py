@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import checkpoint as ckpt
-from .config import RunConfig
+from ..checkpoints import store as ckpt
+from ..checkpoints.store import find_checkpoint_dir
+from ..config import RunConfig
 
 
 class PreflightError(ValueError):
@@ -23,15 +24,6 @@ def existing_checkpoints(checkpoint_dir: str) -> list[str]:
     if not os.path.isdir(checkpoint_dir):
         return []
     return sorted(n for n in os.listdir(checkpoint_dir) if n == ckpt.LATEST or ckpt._TAG.match(n))
-
-
-def find_checkpoint_dir(path: str) -> str | None:
-    """``path`` if it is a checkpoint folder (holding ``latest`` or a complete ``step_*``), ``path/checkpoints`` if
-    ``path`` is a run folder holding one, else None."""
-    for candidate in (path, os.path.join(path, "checkpoints")):
-        if ckpt.is_zero_checkpoint_dir(candidate):
-            return candidate
-    return None
 
 
 def check_run_folder(cfg: RunConfig, overwrite: bool) -> None:

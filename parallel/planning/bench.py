@@ -5,11 +5,11 @@ them) on synthetic tensors or the real data pipeline, excludes warm-up steps, an
 TFLOP/s per device, MFU against the device's bf16 peak (None on a CPU, where it is not meaningful), peak
 memory, and the share of step time spent waiting for data.  Launch it like a recipe::
 
-    deepspeed --num_gpus 8 --module mawstron.parallel.bench --model vit_l16 --stage mae --micro-batch 64
+    deepspeed --num_gpus 8 --module mawstron.parallel.planning.bench --model vit_l16 --stage mae --micro-batch 64
     mawstron bench train --recipe recipes/vit_tiny_mae.py --gpus 2       # validated first, then deepspeed
 
 The configuration is a recipe's (``--recipe``: its ZeRO stage, checkpointing, precision, MAE decoder) or, with
-``--model``/``--stage``, the paper's settings for that preset (``parallel/paper.py``).
+``--model``/``--stage``, the paper's settings for that preset (``parallel/planning/paper.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from .config import ConfigError, ModelConfig, RunConfig, apply_overrides
+from ..config import ConfigError, ModelConfig, RunConfig, apply_overrides
 
 # results of ad-hoc runs stay out of the repository; the committed ones are regenerated on purpose with
 # --out benchmarks/results/<name>.json
@@ -127,8 +127,8 @@ def summarize(records: list[dict], trainer, args, cfg: RunConfig, peak_mem_all_r
 def run_benchmark(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
-    from .launch import _ensure_process_group_env
-    from .trainer import Trainer
+    from ..launcher.launch import _ensure_process_group_env
+    from ..training.trainer import Trainer
 
     args = build_arg_parser().parse_args(argv)
     try:
@@ -136,7 +136,7 @@ def run_benchmark(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mawstron bench: config error: {e}", file=sys.stderr, flush=True)
         return 2
-    from .console import quiet_third_party
+    from ..console import quiet_third_party
 
     quiet_third_party(args.verbose or None)
     _ensure_process_group_env()

@@ -24,7 +24,7 @@ from __future__ import annotations
 from mawstron.core import MAEConfig
 from mawstron.core.data import DataConfig
 
-from .config import CheckpointConfig, FinetuneConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
+from ..config import CheckpointConfig, FinetuneConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
 
 IG3B_IMAGES = 3_000_000_000
 MAE_GLOBAL_BATCH = 4096
@@ -70,7 +70,7 @@ def wsp_run(name: str, preset: str, micro_batch: int, init_from: str, activation
 # weight decay 0.05, drop path 0.2 (L) / 0.3 (H) / 0.1 (B), 50 epochs (100 for B) with 5 warmup epochs, AdamW
 # betas (0.9, 0.999), label smoothing 0.1, min lr 1e-6, and on top of RandomResizedCrop + flip: mixup 0.8,
 # cutmix 1.0 (one of the two per batch, switch probability 0.5), random erasing 0.25 (core/augment.py; the
-# ``finetune`` section).  MAE's recipe has no EMA; ``finetune.ema_decay`` adds one (parallel/ema.py).  MAWS's
+# ``finetune`` section).  MAE's recipe has no EMA; ``finetune.ema_decay`` adds one (parallel/engine/ema.py).  MAWS's
 # released ImageNet-1k models are fine-tuned at higher resolution: set ``model.img_size`` (position embeddings
 # are interpolated).
 IMAGENET_TRAIN_IMAGES = 1_281_167

@@ -23,8 +23,8 @@ from mawstron.core import CLIP, clip_loss, create_clip, create_vit, forward_flop
 from mawstron.core.clip import create_text_tower, text_flops
 from mawstron.core.text import TOKENIZER_FILE, load_tokenizer, train_tokenizer
 
-from .activation_checkpointing import _checkpointed, apply_activation_checkpointing
-from .config import OptimConfig, RunConfig
+from ..engine.activation_checkpointing import _checkpointed, apply_activation_checkpointing
+from ..config import OptimConfig, RunConfig
 
 TOKENIZER_TRAINING_CAPTIONS = 200_000  # enough for a BPE vocabulary of a few thousand tokens
 
@@ -158,7 +158,7 @@ def lit_run(name: str, preset: str, micro_batch: int, init_from: str, activation
     """LiT of the release's text tower on the frozen MAWS encoder ``init_from`` (settings above)."""
     from mawstron.core.data import DataConfig
 
-    from .config import CheckpointConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
+    from ..config import CheckpointConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 
     return RunConfig(
         name=name,

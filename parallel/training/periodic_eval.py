@@ -28,8 +28,8 @@ import torch.distributed as dist
 from mawstron.core.data import DataConfig, build_eval_loader
 from mawstron.core.data.image_folder import align_classes
 
-from . import checkpoint as ckpt
-from .ema import WeightEMA
+from ..checkpoints import store as ckpt
+from ..engine.ema import WeightEMA
 from .metrics import print_rank0
 
 

@@ -6,7 +6,7 @@ The global batch (``train.global_batch``) is fixed by the recipe; the GPU count 
 
 from __future__ import annotations
 
-from .config import RunConfig
+from ..config import RunConfig
 
 
 def schedule(cfg: RunConfig, world_size: int) -> dict:

@@ -19,16 +19,16 @@ from mawstron.core import training_flops, wsp_loss
 from mawstron.core.data import build_train_loader
 from mawstron.core.data.shards import SKIP_REASONS
 
-from . import checkpoint as ckpt
-from . import lit as lit_stage
-from . import universal
-from .build import build_model
-from .config import RunConfig, to_dict
-from .ds_config import build_ds_config
+from ..checkpoints import store as ckpt
+from ..stages import lit as lit_stage
+from ..checkpoints import universal
+from ..engine.build import build_model
+from ..config import RunConfig, to_dict
+from ..engine.ds_config import build_ds_config
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
-from .optim import build_optimizer, lr_at, param_groups, set_lr
+from ..engine.optim import build_optimizer, lr_at, param_groups, set_lr
 from .periodic_eval import PeriodicEval
-from .preflight import divergence_advice
+from ..launcher.preflight import divergence_advice
 from .regularize import regularize
 from .resilience import Preempted, PreemptionHandler
 from .schedule import format_duration, format_schedule, schedule
@@ -288,7 +288,7 @@ class Trainer:
                 json.dump({"zero_stage": self.cfg.parallel.zero_stage, "ranks": reports}, f, indent=1)
 
     def save(self) -> None:
-        """Crash-safe checkpoint of the current step (see parallel/checkpoint.py)."""
+        """Crash-safe checkpoint of the current step (see parallel/checkpoints/store.py)."""
         ckpt_dir, tag = self.cfg.checkpoint_dir, ckpt.tag_for_step(self.step)
         status = getattr(self, "status", None)
         if status:

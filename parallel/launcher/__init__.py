@@ -1,0 +1,1 @@
+"""Starting a run: the recipes' ``launch`` entry, the checks made before any rank starts, console quieting."""
