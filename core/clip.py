@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .vit import VisionTransformer, create_vit
+from .vit import VisionTransformer, vit_config
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = 100.0  # CLIP clamps the temperature so that training cannot blow up the logits
@@ -145,7 +145,7 @@ class CLIP(nn.Module):
 def create_clip(preset: str, lit: LitConfig, vocab_size: int | None = None, **vit_overrides) -> CLIP:
     """ViT preset ``preset`` (no head) + the XLM-R tower of ``lit``; ``vocab_size`` overrides lit's (a tokenizer
     trained on the captions has fewer tokens)."""
-    vision = create_vit(preset, num_classes=0, **vit_overrides)
+    vision = VisionTransformer(vit_config(preset, num_classes=0, **vit_overrides))
     return CLIP(vision, create_text_tower(lit, vocab_size), lit.embed_dim)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .common import WorkerStridedBatches
+from .config import DataConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -215,7 +216,6 @@ def image_loader(path: str, *, img_size: int, batch_size: int):
     if os.path.isdir(path) and list_images(path):
         return ImageListLoader(list_images(path), img_size=img_size, batch_size=batch_size)
     if not os.path.isdir(path) and (path.endswith(".tar") or "*" in path or "{" in path or "," in path):
-        from . import DataConfig
         from .eval_loader import EvalLoader
 
         loader = EvalLoader(DataConfig(), img_size=img_size, batch_size=batch_size, shards=path)
