@@ -42,7 +42,7 @@ def run(args) -> int:
     if args.stage == "lit":  # the MAWS-CLIP release's text tower and joint dim for this image tower
         import dataclasses
 
-        from mawstron.parallel.stages.lit import MAWS_CLIP, maws_clip_lit
+        from mawstron.parallel.planning.paper import MAWS_CLIP, maws_clip_lit
 
         if args.model not in MAWS_CLIP:
             raise SystemExit(f"--stage lit plans the released MAWS-CLIP pairs: --model one of {sorted(MAWS_CLIP)}")

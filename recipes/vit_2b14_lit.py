@@ -8,7 +8,7 @@ The text tower starts from the Hugging Face xlm-roberta-large weights and tokeni
 """
 
 from mawstron.parallel import launch
-from mawstron.parallel.stages.lit import lit_run
+from mawstron.parallel.planning.paper import lit_run
 
 CONFIG = lit_run("vit_2b14_lit", "vit_2b14", micro_batch=256, init_from="runs/vit_2b14_wsp/checkpoints")
 

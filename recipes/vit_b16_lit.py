@@ -8,7 +8,7 @@ The text tower starts from the Hugging Face xlm-roberta-base weights and tokeniz
 """
 
 from mawstron.parallel import launch
-from mawstron.parallel.stages.lit import lit_run
+from mawstron.parallel.planning.paper import lit_run
 
 CONFIG = lit_run("vit_b16_lit", "vit_b16", micro_batch=256, init_from="runs/vit_b16_wsp/checkpoints")
 

@@ -245,7 +245,7 @@ def test_plan_counts_the_text_tower_the_frozen_image_tower_and_the_all_gather():
     import dataclasses
 
     from mawstron.core import count_parameters, create_vit
-    from mawstron.parallel.stages.lit import maws_clip_lit
+    from mawstron.parallel.planning.paper import maws_clip_lit
     from mawstron.parallel.planning.plan import GIB, contrastive_bytes, plan
 
     lit = maws_clip_lit("vit_b16")

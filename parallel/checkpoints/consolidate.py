@@ -20,6 +20,7 @@ from mawstron.core import encoder_state_dict
 from mawstron.core.clip_weights import ours_to_release
 from mawstron.core.text import TOKENIZER_FILE
 
+from ..stages import get_stage
 from .store import newest_verified_tag, read_marker, read_run_config, read_zero_checkpoint, resolve_tag, verify_files
 from .zero_weights import head_metadata
 
@@ -45,7 +46,7 @@ def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head:
         if problems:
             raise ValueError(f"checkpoint {tag} failed verification: {problems[0]}; pick another with --tag "
                              f"(`mawstron checkpoints verify {ckpt_dir}` lists them)")
-    if read_run_config(ckpt_dir, tag)["train"]["stage"] == "lit":  # both towers, in the MAWS-CLIP layout
+    if get_stage(read_run_config(ckpt_dir, tag)["train"]["stage"]).text_tower:  # both towers, MAWS-CLIP layout
         return consolidate_clip(ckpt_dir, out_path, tag)
     state = encoder_state_dict(read_zero_checkpoint(ckpt_dir, tag))
     if not keep_head:

@@ -14,6 +14,7 @@ import torch
 
 from mawstron.core import register_folder_reader
 
+from ..stages import STAGES
 from .store import read_run_config, read_zero_checkpoint
 from ..console import stdout_to_stderr
 from .store import find_checkpoint_dir
@@ -22,16 +23,8 @@ from .store import find_checkpoint_dir
 def _label_names(run: dict) -> list[str] | None:
     """The names of the head's outputs: the WSP vocabulary's tags, or the classes of the labelled shards'
     ``manifest.json`` (fine-tuning); None when the files are gone."""
-    data = run.get("data", {})
-    if run.get("train", {}).get("stage") == "wsp" and data.get("vocab") and os.path.isfile(data["vocab"]):
-        with open(data["vocab"]) as f:
-            return list(json.load(f).get("tags", [])) or None
-    if run.get("train", {}).get("stage") == "finetune" and data.get("shards"):
-        manifest = os.path.join(os.path.dirname(data["shards"].split(",")[0]), "manifest.json")
-        if os.path.isfile(manifest):
-            with open(manifest) as f:
-                return list(json.load(f).get("classes", [])) or None
-    return None
+    stage = run.get("train", {}).get("stage")
+    return STAGES[stage].label_names(run) if stage in STAGES else None
 
 
 def head_metadata(state: dict[str, torch.Tensor], run: dict) -> dict[str, str]:

@@ -18,17 +18,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from mawstron.core import (
-    LoadReport,
-    adapt_state_dict,
-    check_fit,
-    create_mae,
-    create_wsp,
-    encoder_state_dict,
-    read_state_dict,
-)
+from mawstron.core import LoadReport, adapt_state_dict, check_fit, encoder_state_dict, read_state_dict
 
-from .activation_checkpointing import apply_activation_checkpointing
 from ..checkpoints.store import find_checkpoint_dir, read_zero_checkpoint
 from ..console import stdout_to_stderr
 from ..config import RunConfig
@@ -37,45 +28,25 @@ from ..config import RunConfig
 def construct(cfg: RunConfig, num_classes: int | None):
     """The plain ``core`` model for the run's stage (call under ``zero.Init`` or a device context); for stage
     lit ``num_classes`` is the tokenizer's vocabulary size."""
-    overrides = cfg.model.vit_overrides()
-    if cfg.train.stage == "lit":
-        from ..stages.lit import construct_clip
-
-        return construct_clip(cfg, num_classes)
-    if cfg.train.stage == "mae":
-        return create_mae(cfg.model.preset, mae=cfg.mae, **overrides)
-    if not num_classes:
-        raise ValueError(f"stage {cfg.train.stage!r} needs labels: the data source gave no vocabulary / classes")
-    return create_wsp(cfg.model.preset, num_classes, **overrides)
+    return cfg.stage.construct(cfg, num_classes)
 
 
 def build_model(cfg: RunConfig, num_classes: int | None, ds_config: dict) -> torch.nn.Module:
     """Steps 1-3 above; returns the model ready for ``deepspeed.initialize``."""
+    stage = cfg.stage
     if cfg.parallel.zero_stage == 3:
-        import deepspeed
+        import deepspeed  # imported when used: `import mawstron.parallel` stays light for the CLI
 
         zero_init = deepspeed.zero.Init(config_dict_or_path=ds_config)
     else:
         zero_init = contextlib.nullcontext()
-    if cfg.train.stage == "lit":
-        from ..stages.lit import build_clip
-
-        model = build_clip(cfg, num_classes, zero_init)
-    else:
-        with zero_init:
-            model = construct(cfg, num_classes)
+    model = stage.build(cfg, num_classes, zero_init)
     if cfg.checkpoint.init_from and not cfg.checkpoint.resume:  # on resume the weights come from the checkpoint
-        # LiT: the encoder is the image tower
-        report = load_encoder(model.vision_encoder if cfg.train.stage == "lit" else model, cfg.checkpoint.init_from)
+        report = load_encoder(stage.encoder_of(model), cfg.checkpoint.init_from)  # LiT: the image tower
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"[mawstron] init_from {cfg.checkpoint.init_from}: loaded {len(report.loaded)} encoder tensors; "
                   f"fresh: {report.missing}; dropped: {len(report.dropped)} decoder/mask-token/head tensors", flush=True)
-    if cfg.train.stage == "lit":
-        from ..stages.lit import lock_and_checkpoint
-
-        lock_and_checkpoint(model, cfg)
-    else:
-        apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
+    stage.prepare(model, cfg)  # activation checkpointing; LiT locks the image tower
     return model
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import OptimConfig
+if TYPE_CHECKING:  # type hints only: config.py -> stages -> this module
+    from ..config import OptimConfig
 
 
 def layer_id(name: str, depth: int) -> int:

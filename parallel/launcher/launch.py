@@ -22,6 +22,12 @@ import socket
 import sys
 
 from ..config import ConfigError, RunConfig, apply_overrides, to_dict
+from ..console import quiet_third_party
+from ..planning.plan import format_plan, min_gpus, plan
+from ..training.resilience import EXIT_PREEMPTED, Preempted
+from ..training.schedule import Schedule
+from ..training.trainer import Trainer, TrainingDiverged
+from .preflight import PreflightError, clear_old_checkpoints, data_notice, preflight
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -50,16 +56,11 @@ def resolve_config(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
 
 
 def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
-    from ..planning.plan import format_plan, min_gpus, plan
-
     stage = cfg.train.stage
     kwargs = dict(checkpoint_every=cfg.parallel.activation_checkpointing, mae=cfg.mae,
                   offload_optimizer=cfg.parallel.offload_optimizer != "none",
                   offload_params=cfg.parallel.offload_params != "none", **cfg.model.vit_overrides())
-    if stage == "lit":
-        kwargs["lit"] = cfg.lit
-    elif stage != "mae":
-        kwargs["num_classes"] = 1000  # placeholder vocabulary size for the plan; the real one comes from the data
+    kwargs.update(cfg.stage.plan_inputs(cfg))  # LiT: the text tower; WSP / fine-tuning: a placeholder head
     minimum = min_gpus(cfg.model.preset, stage, gpu_mem_gib, cfg.train.micro_batch, **kwargs)
     p = plan(cfg.model.preset, stage, gpus or minimum or 1, gpu_mem_gib, cfg.train.micro_batch, **kwargs)
     lines = [f"[dry run] {cfg.name}: config valid; model built on the meta device, nothing allocated",
@@ -68,9 +69,9 @@ def dry_run_report(cfg: RunConfig, gpus: int, gpu_mem_gib: float) -> str:
     try:
         lines.append(schedule_line(cfg, gpus or _smallest_dividing_world(cfg, minimum or 1)))
     except ConfigError as e:  # the plan above still holds; the run itself would refuse to start
-        lines.append(f"  schedule on {gpus} GPUs: refused: {e}")
-    if stage not in ("mae", "lit"):
-        lines.append("  (WSP head sized for 1000 classes here; the run sizes it from the vocabulary)")
+        lines.append(f"  schedule on {gpus}: refused: {e}")
+    if cfg.stage.plan_classes:
+        lines.append(f"  (WSP head sized for {cfg.stage.plan_classes} classes here; the run sizes it from the vocabulary)")
     return "\n".join(lines)
 
 
@@ -87,10 +88,8 @@ def _smallest_dividing_world(cfg: RunConfig, at_least: int) -> int:
 
 def schedule_line(cfg: RunConfig, world_size: int) -> str:
     """``  schedule on N GPUs: global batch ...``; ConfigError when the global batch does not divide."""
-    from ..training.schedule import format_schedule, schedule
-
     gpus = f"{world_size} GPU{'s' if world_size != 1 else ''}"
-    return f"  schedule on {gpus}: {format_schedule(schedule(cfg, world_size))}"
+    return f"  schedule on {gpus}: {Schedule.of(cfg, world_size).format()}"
 
 
 def _ensure_process_group_env() -> None:
@@ -120,9 +119,6 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
         return 2
-    from ..console import quiet_third_party
-    from .preflight import PreflightError, clear_old_checkpoints, data_notice, preflight
-
     quiet_third_party(args.verbose or None)
     try:
         preflight(cfg, overwrite=args.overwrite)
@@ -134,9 +130,6 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
         clear_old_checkpoints(cfg)
     if first_rank and data_notice(cfg):
         print(data_notice(cfg), flush=True)
-    from ..training.resilience import EXIT_PREEMPTED, Preempted
-    from ..training.trainer import Trainer, TrainingDiverged
-
     launched_rank = "RANK" in os.environ  # a rank process of a launcher, not a caller's own process
     _ensure_process_group_env()
     try:

@@ -95,5 +95,4 @@ def data_notice(cfg: RunConfig) -> str | None:
     if cfg.data.source != "synthetic":
         return None
     return ("[mawstron] data.source=synthetic: training on random tensors (a smoke run); for images give "
-            "--set data.source=shards --set 'data.shards=DIR/train-*.tar'" + (" --set data.vocab=DIR/vocab.json"
-                                                                              if cfg.train.stage == "wsp" else ""))
+            "--set data.source=shards --set 'data.shards=DIR/train-*.tar'" + cfg.stage.synthetic_data_hint())

@@ -21,7 +21,7 @@ Sources, and how sure we are of each number:
 
 from __future__ import annotations
 
-from mawstron.core import MAEConfig
+from mawstron.core import LitConfig, MAEConfig
 from mawstron.core.data import DataConfig
 
 from ..config import CheckpointConfig, FinetuneConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
@@ -100,4 +100,40 @@ def finetune_run(name: str, preset: str, micro_batch: int, init_from: str, shard
         parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
         checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
         finetune=FinetuneConfig(mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, reprob=0.25),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- LiT (MAWS-CLIP)
+# The released MAWS-CLIP towers (facebookresearch/maws model_builder.py): XLM-R Base (12 x 768) for ViT-B, XLM-R
+# Large (24 x 1024) for L, H and 2B; vocabulary 250,002 (sentencepiece + fairseq ids), context 100 tokens; joint
+# dims 768 (B), 1024 (L, H), 2048 (2B).  Training settings are NOT from the MAWS paper (not reachable from this
+# machine): CLIP's AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2), LiT's global batch 32k, peak lr 5e-4,
+# cosine with 5% warmup, one pass over IG-3B as MAWS trains LiT "for one epoch".  Check before a paper-scale run.
+XLMR = {"xlm-roberta-base": dict(text_width=768, text_depth=12, text_heads=12, text_mlp_dim=3072),
+        "xlm-roberta-large": dict(text_width=1024, text_depth=24, text_heads=16, text_mlp_dim=4096)}
+MAWS_CLIP = {"vit_b16": ("xlm-roberta-base", 768), "vit_l16": ("xlm-roberta-large", 1024),
+             "vit_h14": ("xlm-roberta-large", 1024), "vit_2b14": ("xlm-roberta-large", 2048)}
+LIT_GLOBAL_BATCH = 32768
+
+
+def maws_clip_lit(preset: str, pretrained_text: bool = True) -> LitConfig:
+    """The release's text tower and joint dim for ``preset``; ``pretrained_text`` starts from the Hugging Face
+    XLM-R weights and tokenizer (``from_pretrained``), as MAWS-CLIP did."""
+    text, embed_dim = MAWS_CLIP[preset]
+    return LitConfig(text_model=text if pretrained_text else "", vocab_size=250002, context_length=100,
+                     embed_dim=embed_dim, **XLMR[text])
+
+
+def lit_run(name: str, preset: str, micro_batch: int, init_from: str, activation_checkpointing: int = 1,
+            steps: int = IG3B_IMAGES // LIT_GLOBAL_BATCH, **parallel) -> RunConfig:
+    """LiT of the release's text tower on the frozen MAWS encoder ``init_from`` (settings above)."""
+    return RunConfig(
+        name=name,
+        model=ModelConfig(preset=preset),
+        data=DataConfig(source="shards"),
+        optim=OptimConfig(lr=5e-4, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6, warmup_steps=steps // 20),
+        train=TrainConfig(stage="lit", steps=steps, micro_batch=micro_batch, log_every=50),
+        parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
+        checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
+        lit=maws_clip_lit(preset),
     )

@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mawstron.core import MAEConfig, count_parameters, create_mae, create_vit, forward_flops, vit_config
+from mawstron.core import MAEConfig, count_parameters, create_clip, create_mae, create_vit, forward_flops, vit_config
+from mawstron.core.clip import text_flops
+
+from ..stages import get_stage
 
 GIB = 2**30
 BYTES_PER_PARAM_ZERO3 = 18  # DeepSpeed's estimator: params 2 + grads 4 + optimizer states 12
@@ -65,7 +68,7 @@ def model_shape_stats(model_name: str, stage: str, mae: MAEConfig | None = None,
 
     Frozen parameters (MAE's sin-cos position tables) have no gradient and no optimizer state."""
     with torch.device("meta"):
-        if stage == "mae":
+        if get_stage(stage).flops_mode == "mae":  # the encoder on visible tokens and the decoder
             model = create_mae(model_name, mae=mae or MAEConfig(), **overrides)
         else:
             model = create_vit(model_name, num_classes=num_classes, **overrides)
@@ -85,7 +88,7 @@ def _stack_activation_bytes(tokens: int, width: int, depth: int, micro_batch: in
 def activation_bytes(model_name: str, stage: str, micro_batch: int, checkpoint_every: int,
                      mae: MAEConfig | None = None, **overrides) -> float:
     cfg = vit_config(model_name, **overrides)
-    if stage == "mae":
+    if get_stage(stage).flops_mode == "mae":
         mae = mae or MAEConfig()
         enc = _stack_activation_bytes(1 + mae.num_visible(cfg.num_patches), cfg.embed_dim, cfg.depth, micro_batch,
                                       checkpoint_every)
@@ -119,8 +122,6 @@ def model_state_bytes(total_params: int, largest_layer_params: int, gpus: int, o
 def lit_shape_stats(model_name: str, lit, **overrides) -> dict:
     """Parameter counts of a CLIP for stage lit, on the meta device: text tower (with projections and logit
     scale), image tower, and the largest single module (XLM-R's 250k-token embedding for the release's towers)."""
-    from mawstron.core import create_clip
-
     key = (model_name, repr(dataclasses.replace(lit, unlock_image=False)), tuple(sorted(overrides.items())))
     if key in _LIT_STATS:  # min_gpus plans many GPU counts for one model
         return _LIT_STATS[key]
@@ -148,8 +149,6 @@ def plan_lit(model_name: str, lit, gpus: int, gpu_mem_gib: float, micro_batch: i
     """The plan of stage lit: the image tower's parameters only (bf16, sharded) unless ``lit.unlock_image``,
     the text tower's full model states, activations of the text tower (and of one image block: the locked tower
     runs under no_grad and keeps nothing), and the contrastive all-gather."""
-    from mawstron.core.clip import text_flops
-
     stats = lit_shape_stats(model_name, lit, **overrides)
     trainable = stats["total"] if lit.unlock_image else stats["text"]
     states = model_state_bytes(stats["total"], stats["largest"], gpus, offload_optimizer, offload_params, trainable)
@@ -186,12 +185,12 @@ def plan(model_name: str, stage: str, gpus: int, gpu_mem_gib: float, micro_batch
          offload_params: bool = False, lit=None, **overrides) -> MemoryPlan:
     if gpus <= 0 or micro_batch <= 0 or gpu_mem_gib <= 0:
         raise ValueError("gpus, micro_batch and gpu_mem_gib must be positive")
-    if stage == "lit":
+    if get_stage(stage).text_tower:
         if lit is None:
             raise ValueError("a plan for stage lit needs the text tower: pass lit=LitConfig(...)")
         return plan_lit(model_name, lit, gpus, gpu_mem_gib, micro_batch, checkpoint_every, offload_optimizer,
                         offload_params, **overrides)
-    stage_for_model = "mae" if stage == "mae" else "wsp"
+    stage_for_model = get_stage(stage).flops_mode  # the MAE model, or the classifier (WSP, fine-tuning)
     total, trainable, largest = model_shape_stats(model_name, stage_for_model, mae, num_classes, **overrides)
     states = model_state_bytes(total, largest, gpus, offload_optimizer, offload_params, trainable)
     acts = activation_bytes(model_name, stage_for_model, micro_batch, checkpoint_every, mae, **overrides)
@@ -233,7 +232,7 @@ def format_plan(p: MemoryPlan) -> str:
     ]
     lines = [f"{p.model} {p.stage}: {p.total_params / 1e9:.3f}B parameters, {p.gpus} GPUs x {p.gpu_mem_gib:g} GiB, "
              f"micro-batch {p.micro_batch} per GPU"]
-    if p.stage == "lit":
+    if get_stage(p.stage).text_tower:
         rows.insert(5, ("contrastive all-gather (features, logits)", p.contrastive_gib))
         lines.append(f"  text tower {p.text_params / 1e6:.1f}M parameters (trained); image tower "
                      f"{(p.total_params - p.text_params) / 1e6:.1f}M ("

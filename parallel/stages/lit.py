@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from mawstron.core import CLIP, clip_loss, create_clip, create_vit, forward_flops
 from mawstron.core.clip import create_text_tower, text_flops
+from mawstron.core.data.captions import read_captions
+from mawstron.core.data.shards import expand_shards
 from mawstron.core.text import TOKENIZER_FILE, load_tokenizer, train_tokenizer
 
 from ..engine.activation_checkpointing import _checkpointed, apply_activation_checkpointing
-from ..config import OptimConfig, RunConfig
+from .base import Stage
+
+if TYPE_CHECKING:
+    from ..config import OptimConfig, RunConfig
 
 TOKENIZER_TRAINING_CAPTIONS = 200_000  # enough for a BPE vocabulary of a few thousand tokens
 
@@ -42,9 +48,6 @@ def prepare_tokenizer(cfg: RunConfig, rank: int):
         if lit.tokenizer or lit.text_model:
             tokenizer = load_tokenizer(lit.tokenizer or lit.text_model, lit.context_length)
         else:
-            from mawstron.core.data.captions import read_captions
-            from mawstron.core.data.shards import expand_shards
-
             captions = read_captions(expand_shards(cfg.data.shards), TOKENIZER_TRAINING_CAPTIONS,
                                      validate=cfg.data.validate, index_dir=cfg.data.index_dir)
             tokenizer = train_tokenizer(captions, lit.vocab_size, lit.context_length)
@@ -129,44 +132,50 @@ def lit_training_flops(cfg: RunConfig) -> int:
     return 3 * text_flops(cfg.lit) + (3 if cfg.lit.unlock_image else 1) * vision
 
 
-# ----------------------------------------------------------------------------------------------- paper recipes
-# The released MAWS-CLIP towers (facebookresearch/maws model_builder.py): XLM-R Base (12 x 768) for ViT-B, XLM-R
-# Large (24 x 1024) for L, H and 2B; vocabulary 250,002 (sentencepiece + fairseq ids), context 100 tokens; joint
-# dims 768 (B), 1024 (L, H), 2048 (2B).  Training settings are NOT from the MAWS paper (not reachable from this
-# machine): CLIP's AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2), LiT's global batch 32k, peak lr 5e-4,
-# cosine with 5% warmup, one pass over IG-3B as MAWS trains LiT "for one epoch".  Check before a paper-scale run.
-XLMR = {"xlm-roberta-base": dict(text_width=768, text_depth=12, text_heads=12, text_mlp_dim=3072),
-        "xlm-roberta-large": dict(text_width=1024, text_depth=24, text_heads=16, text_mlp_dim=4096)}
-MAWS_CLIP = {"vit_b16": ("xlm-roberta-base", 768), "vit_l16": ("xlm-roberta-large", 1024),
-             "vit_h14": ("xlm-roberta-large", 1024), "vit_2b14": ("xlm-roberta-large", 2048)}
-LIT_GLOBAL_BATCH = 32768
-IG3B_IMAGES = 3_000_000_000
+class LiTStage(Stage):
+    """Image-caption pairs, a text tower trained against the (locked) image tower of ``checkpoint.init_from``."""
+
+    name = "lit"
+    needs_labels = False
+    text_tower = True
+    plan_classes = 0
+
+    def config_problem(self, cfg: RunConfig) -> str | None:
+        problem = super().config_problem(cfg)
+        if problem is None and not cfg.checkpoint.init_from and not cfg.lit.unlock_image:
+            problem = ("train.stage=lit locks the image tower: set checkpoint.init_from to a WSP/MAWS run's "
+                       "checkpoints/ folder or a consolidated encoder (or lit.unlock_image=true)")
+        return problem
+
+    def plan_inputs(self, cfg: RunConfig) -> dict:
+        return {"lit": cfg.lit}
+
+    def tokenizer(self, cfg: RunConfig, rank: int):
+        return prepare_tokenizer(cfg, rank)
+
+    def num_outputs(self, loader, tokenizer) -> int | None:
+        return tokenizer.get_vocab_size()
+
+    def construct(self, cfg: RunConfig, num_outputs: int | None) -> torch.nn.Module:
+        return construct_clip(cfg, num_outputs)
+
+    def build(self, cfg: RunConfig, num_outputs: int | None, zero_init) -> torch.nn.Module:
+        return build_clip(cfg, num_outputs, zero_init)
+
+    def encoder_of(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.vision_encoder  # init_from fills the image tower
+
+    def prepare(self, model: torch.nn.Module, cfg: RunConfig) -> None:
+        lock_and_checkpoint(model, cfg)
+
+    def param_groups(self, model: torch.nn.Module, cfg: RunConfig) -> list[dict]:
+        return lit_param_groups(model, cfg.optim, cfg.lit.image_lr_scale)
+
+    def training_flops(self, cfg: RunConfig, vit_config) -> int:
+        return lit_training_flops(cfg)
+
+    def loss(self, engine, batch: dict, device, dtype, cfg: RunConfig) -> torch.Tensor:
+        return lit_loss(engine, batch, device, dtype)
 
 
-def maws_clip_lit(preset: str, pretrained_text: bool = True) -> "LitConfig":
-    """The release's text tower and joint dim for ``preset``; ``pretrained_text`` starts from the Hugging Face
-    XLM-R weights and tokenizer (``from_pretrained``), as MAWS-CLIP did."""
-    from mawstron.core import LitConfig
-
-    text, embed_dim = MAWS_CLIP[preset]
-    return LitConfig(text_model=text if pretrained_text else "", vocab_size=250002, context_length=100,
-                     embed_dim=embed_dim, **XLMR[text])
-
-
-def lit_run(name: str, preset: str, micro_batch: int, init_from: str, activation_checkpointing: int = 1,
-            steps: int = IG3B_IMAGES // LIT_GLOBAL_BATCH, **parallel) -> RunConfig:
-    """LiT of the release's text tower on the frozen MAWS encoder ``init_from`` (settings above)."""
-    from mawstron.core.data import DataConfig
-
-    from ..config import CheckpointConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
-
-    return RunConfig(
-        name=name,
-        model=ModelConfig(preset=preset),
-        data=DataConfig(source="shards"),
-        optim=OptimConfig(lr=5e-4, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6, warmup_steps=steps // 20),
-        train=TrainConfig(stage="lit", steps=steps, micro_batch=micro_batch, log_every=50),
-        parallel=ParallelConfig(activation_checkpointing=activation_checkpointing, **parallel),
-        checkpoint=CheckpointConfig(every_steps=2000, keep_last=3, init_from=init_from),
-        lit=maws_clip_lit(preset),
-    )
+STAGE = LiTStage()

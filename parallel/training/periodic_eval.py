@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from mawstron.core.data import DataConfig, build_eval_loader
-from mawstron.core.data.image_folder import align_classes
+from mawstron.core.data.image_folder import align_classes, is_image_folder
+from mawstron.core.data.shards import expand_shards
 
 from ..checkpoints import store as ckpt
 from ..engine.ema import WeightEMA
@@ -36,9 +37,6 @@ from .metrics import print_rank0
 def check_eval_data(eval_cfg) -> None:
     """ValueError naming the key and the fix when ``eval.test_shards`` / ``eval.train_shards`` name nothing
     readable (``mawstron train`` calls it before any rank starts)."""
-    from mawstron.core.data.image_folder import is_image_folder
-    from mawstron.core.data.shards import expand_shards
-
     for key in ("test_shards", "train_shards"):
         spec = getattr(eval_cfg, key)
         if spec and not is_image_folder(spec):
@@ -79,31 +77,36 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 20, temperature: float =
 
 
 class PeriodicEval:
-    """Built by the trainer after the engine; ``after_step(step, metrics)`` on every rank after each step."""
+    """Built by the trainer after the engine; ``after_step(step, metrics)`` on every rank after each step.
 
-    def __init__(self, trainer):
-        cfg = trainer.cfg
-        self.cfg, self.trainer = cfg, trainer
-        self.rank, self.world = trainer.rank, trainer.world_size
-        self.module = trainer.engine.module
+    ``module`` is the engine's model (ZeRO-3 partitioned or not); ``train_loader`` the run's own loader, whose
+    class order fine-tuning's test split follows when it is an ImageFolder."""
+
+    def __init__(self, cfg, module: torch.nn.Module, *, rank: int = 0, world_size: int = 1,
+                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, train_loader=None):
+        self.cfg, self.module = cfg, module
+        self.rank, self.world = rank, world_size
+        self.device, self.dtype = device, dtype
         self.ema = WeightEMA(self.module, cfg.finetune.ema_decay) if cfg.finetune.ema_decay else None
         if self.ema is not None and cfg.checkpoint.resume:
             self._resume_ema()
         self.enabled = bool(cfg.eval.test_shards)
+        self.memory = None
         if self.enabled:
             data = DataConfig(source="shards", loader="torch", validate=cfg.data.validate,
                               index_dir=cfg.data.index_dir)
-            img = trainer.vit_config.img_size
+            img = cfg.model.vit_config().img_size
 
             def loader(spec):
                 return build_eval_loader(data, img_size=img, batch_size=cfg.eval.batch_size, shards=spec)
 
             self.test = loader(cfg.eval.test_shards)
-            self.memory = loader(cfg.eval.train_shards) if cfg.train.stage != "finetune" else None
+            # the k-NN monitor's memory; a stage that scores its own head (fine-tuning) needs none
+            self.memory = loader(cfg.eval.train_shards) if not cfg.stage.head_eval else None
             if self.memory is not None:
                 align_classes(self.memory, self.test)
-            elif hasattr(trainer.loader, "classes"):  # fine-tuning on an ImageFolder: the head's numbering
-                align_classes(trainer.loader, self.test)
+            elif hasattr(train_loader, "classes"):  # fine-tuning on an ImageFolder: the head's numbering
+                align_classes(train_loader, self.test)
 
     def due(self, step: int) -> bool:
         every = self.cfg.eval.every_steps
@@ -171,14 +174,13 @@ class PeriodicEval:
 
     @torch.no_grad()
     def _run(self, loader, method=None):
-        t = self.trainer
         was_training = self.module.training
         self.module.eval()
         outputs, labels = [], []
         try:
             with _forward_as(self.module, method) if method else contextlib.nullcontext():
                 for images, y, real in self._my_batches(loader):
-                    out = self.module(images.to(t.device, t.dtype))
+                    out = self.module(images.to(self.device, self.dtype))
                     if real:
                         outputs.append(out.float().cpu())
                         labels.append(y)
@@ -187,13 +189,13 @@ class PeriodicEval:
         return outputs, labels
 
     def evaluate(self) -> dict:
-        if self.cfg.train.stage == "finetune":
+        if self.cfg.stage.head_eval:
             outputs, labels = self._run(self.test)
             counts = torch.zeros(3, dtype=torch.float64)
             for logits, y in zip(outputs, labels):
                 top1, top5 = topk_correct(logits, y)
                 counts += torch.tensor([top1, top5, len(y)], dtype=torch.float64)
-            counts = counts.to(self.trainer.device)  # NCCL reduces device tensors only
+            counts = counts.to(self.device)  # NCCL reduces device tensors only
             dist.all_reduce(counts)
             counts = counts.cpu()
             return {"eval_top1": counts[0].item() / counts[2].item(), "eval_top5": counts[1].item() / counts[2].item(),

@@ -6,30 +6,37 @@ The global batch (``train.global_batch``) is fixed by the recipe; the GPU count 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..config import RunConfig
 
 
-def schedule(cfg: RunConfig, world_size: int) -> dict:
-    """The numbers the run will use on ``world_size`` ranks (ConfigError when the global batch cannot divide)."""
-    t = cfg.train
-    accum = t.grad_accum_for(world_size)
-    global_batch = t.micro_batch * accum * world_size
-    return {
-        "global_batch": global_batch,
-        "micro_batch": t.micro_batch,
-        "grad_accum": accum,
-        "world_size": world_size,
-        "peak_lr": cfg.optim.peak_lr(global_batch),
-        "warmup_steps": cfg.optim.warmup_steps,
-        "steps": t.steps,
-        "images_seen": t.steps * global_batch,
-    }
+@dataclass(frozen=True)
+class Schedule:
+    """The numbers a run uses on ``world_size`` ranks."""
 
+    global_batch: int
+    micro_batch: int
+    grad_accum: int
+    world_size: int
+    peak_lr: float
+    warmup_steps: int
+    steps: int
+    images_seen: int
 
-def format_schedule(s: dict) -> str:
-    return (f"global batch {s['global_batch']} = micro-batch {s['micro_batch']} x accumulation {s['grad_accum']} "
-            f"x {s['world_size']} ranks; peak lr {s['peak_lr']:.3g}; {s['steps']} steps "
-            f"({s['warmup_steps']} warmup); {s['images_seen']:,} images seen")
+    @classmethod
+    def of(cls, cfg: RunConfig, world_size: int) -> Schedule:
+        """``cfg``'s schedule on ``world_size`` ranks (ConfigError when the global batch cannot divide)."""
+        t = cfg.train
+        global_batch = t.global_batch_for(world_size)
+        return cls(global_batch=global_batch, micro_batch=t.micro_batch, grad_accum=t.grad_accum_for(world_size),
+                   world_size=world_size, peak_lr=cfg.optim.peak_lr(global_batch),
+                   warmup_steps=cfg.optim.warmup_steps, steps=t.steps, images_seen=t.steps * global_batch)
+
+    def format(self) -> str:
+        return (f"global batch {self.global_batch} = micro-batch {self.micro_batch} x accumulation "
+                f"{self.grad_accum} x {self.world_size} ranks; peak lr {self.peak_lr:.3g}; {self.steps} steps "
+                f"({self.warmup_steps} warmup); {self.images_seen:,} images seen")
 
 
 def format_duration(seconds: float | None) -> str:

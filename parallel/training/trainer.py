@@ -1,7 +1,8 @@
-"""One training loop for MAE, WSP and fine-tuning on a DeepSpeed engine.
+"""One training loop for every stage (MAE, WSP, fine-tuning, LiT) on a DeepSpeed engine.
 
-What differs between stages is the data (images, or images + multi-hot targets) and the loss; everything else
-(schedule, accumulation, metrics, checkpoints, resume, divergence detection) is shared.
+What differs between stages (model, tokenizer, parameter groups, loss, FLOPs) the run's ``Stage`` object
+answers (parallel/stages/); everything else (schedule, accumulation, metrics, checkpoints, resume, divergence
+detection, evaluation during training) is shared.
 """
 
 from __future__ import annotations
@@ -15,23 +16,20 @@ import time
 import torch
 import torch.distributed as dist
 
-from mawstron.core import training_flops, wsp_loss
 from mawstron.core.data import build_train_loader
 from mawstron.core.data.shards import SKIP_REASONS
 
 from ..checkpoints import store as ckpt
-from ..stages import lit as lit_stage
 from ..checkpoints import universal
 from ..engine.build import build_model
 from ..config import RunConfig, to_dict
 from ..engine.ds_config import build_ds_config
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
-from ..engine.optim import build_optimizer, lr_at, param_groups, set_lr
+from ..engine.optim import build_optimizer, lr_at, set_lr
 from .periodic_eval import PeriodicEval
 from ..launcher.preflight import divergence_advice
-from .regularize import regularize
 from .resilience import Preempted, PreemptionHandler
-from .schedule import format_duration, format_schedule, schedule
+from .schedule import Schedule, format_duration
 from .status import StatusFile
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -68,7 +66,16 @@ class Trainer:
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cpu")
         self.resume_tag, self.resume_universal = None, False
-        self.last_checkpoint = None
+        self.last_checkpoint, self.last_save_s = None, None
+        # rank 0's status.json (``mawstron status``); the rank that fails enables its own to say so
+        self.status = StatusFile(cfg.run_dir, cfg.train.steps, enabled=int(os.environ.get("RANK", "0")) == 0)
+        # made by build(): the data, the engine and what it runs with
+        self.loader = self.ds_config = self.engine = self.optimizer = None
+        self.vit_config = self.schedule = self.dtype = None
+        self.grad_accum, self.global_batch, self.peak_lr = 1, 0, 0.0
+        self.flops_per_image, self.device_name, self.device_peak = 0, "", None
+        self.batches = None  # the loader's iterator, from train()
+        self.evaluator: PeriodicEval | None = None  # weight EMA and evaluation during training, from train()
 
     # ------------------------------------------------------------------------------------------- set-up
     def init_distributed(self) -> None:
@@ -93,9 +100,8 @@ class Trainer:
     def build(self) -> None:
         import deepspeed
 
-        cfg = self.cfg
-        lit = cfg.train.stage == "lit"
-        tokenizer = lit_stage.prepare_tokenizer(cfg, self.rank) if lit else None
+        cfg, stage = self.cfg, self.cfg.stage
+        tokenizer = stage.tokenizer(cfg, self.rank)  # LiT's caption tokenizer, identical on every rank
         self.loader = build_train_loader(cfg.data, stage=cfg.train.stage, img_size=cfg.model.vit_config().img_size,
                                          micro_batch=cfg.train.micro_batch, rank=self.rank,
                                          world_size=self.world_size, seed=cfg.train.seed, tokenizer=tokenizer)
@@ -105,19 +111,16 @@ class Trainer:
         # identical seed on every rank: each rank computes the same full tensor and keeps its shard, so the
         # sharded model equals the single-process initialisation with this seed
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg, tokenizer.get_vocab_size() if lit else self.loader.num_classes, self.ds_config)
+        model = build_model(cfg, stage.num_outputs(self.loader, tokenizer), self.ds_config)
         self.vit_config = model.config
-        groups = (lit_stage.lit_param_groups(model, cfg.optim, cfg.lit.image_lr_scale) if lit
-                  else param_groups(model, cfg.optim, model.config.depth))
-        optimizer = build_optimizer(groups, cfg.optim, use_fused=self.device.type == "cuda")
+        optimizer = build_optimizer(stage.param_groups(model, cfg), cfg.optim, use_fused=self.device.type == "cuda")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.dtype = DTYPES[cfg.parallel.precision]
-        self.schedule = schedule(cfg, self.world_size)
-        self.grad_accum, self.global_batch = self.schedule["grad_accum"], self.schedule["global_batch"]
-        self.peak_lr = self.schedule["peak_lr"]
-        print_rank0(self.rank, f"[mawstron] {cfg.name}: {format_schedule(self.schedule)}")
-        self.flops_per_image = (lit_stage.lit_training_flops(cfg) if lit else
-                                training_flops(model.config, "mae" if cfg.train.stage == "mae" else "wsp", cfg.mae))
+        self.schedule = Schedule.of(cfg, self.world_size)
+        self.grad_accum, self.global_batch = self.schedule.grad_accum, self.schedule.global_batch
+        self.peak_lr = self.schedule.peak_lr
+        print_rank0(self.rank, f"[mawstron] {cfg.name}: {self.schedule.format()}")
+        self.flops_per_image = stage.training_flops(cfg, model.config)
         self.device_name, self.device_peak = device_peak_tflops(self.device)
         # masks, drop-path and data order must differ between ranks
         torch.manual_seed(cfg.train.seed + 1 + self.rank)
@@ -193,16 +196,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- steps
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        if self.cfg.train.stage == "lit":
-            return lit_stage.lit_loss(self.engine, batch, self.device, self.dtype)
-        images = batch["images"].to(self.device, self.dtype, non_blocking=True)
-        if self.cfg.train.stage == "mae":
-            loss, _, _ = self.engine(images)
-            return loss
-        targets = batch["targets"].to(self.device, non_blocking=True)
-        images, targets = regularize(images, targets, self.cfg)  # label smoothing, mixup/cutmix, random erasing
-        loss, _ = wsp_loss(self.engine(images), targets)
-        return loss
+        return self.cfg.stage.loss(self.engine, batch, self.device, self.dtype, self.cfg)
 
     def _all_finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Sum of the ranks' losses and whether any rank's was NaN/inf (one collective)."""
@@ -290,18 +284,15 @@ class Trainer:
     def save(self) -> None:
         """Crash-safe checkpoint of the current step (see parallel/checkpoints/store.py)."""
         ckpt_dir, tag = self.cfg.checkpoint_dir, ckpt.tag_for_step(self.step)
-        status = getattr(self, "status", None)
-        if status:
-            status.update(state="saving")
+        self.status.update(state="saving")
         start = time.perf_counter()
         if self.rank == 0 and os.path.isdir(os.path.join(ckpt_dir, tag)):
             # a checkpoint of this step from an earlier attempt (say one that failed verification) is replaced
             # whole: stale shards of another world size must not mix with the new ones
             ckpt.discard(ckpt_dir, tag)
         dist.barrier()
-        evaluator = getattr(self, "evaluator", None)
-        if evaluator is not None:
-            evaluator.save_ema(self.step)
+        if self.evaluator is not None:
+            self.evaluator.save_ema(self.step)
         client_state = {"step": self.step, "data": self.loader.state_dict(), "rng": ckpt.rng_state()}
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
         # each rank checksums its own shards (in parallel); gathering them is also the barrier after which every
@@ -318,8 +309,7 @@ class Trainer:
         # the save time is what a preemption's grace period has to cover (README: Running on a cluster)
         print_rank0(self.rank, f"[mawstron] saved {tag} ({size_mb:.1f} MB, {self.world_size} ranks) in "
                                f"{self.last_save_s:.2f} s")
-        if status:
-            status.update(state="running", last_checkpoint=self.last_checkpoint, last_save_s=round(self.last_save_s, 3))
+        self.status.update(state="running", last_checkpoint=self.last_checkpoint, last_save_s=round(self.last_save_s, 3))
 
     # ------------------------------------------------------------------------------------------- loop
     def train(self) -> None:
@@ -331,7 +321,8 @@ class Trainer:
         reported_partition = False
         self.status.start_step = self.step
         self.status.update(state="running", step=self.step, last_checkpoint=self.last_checkpoint)
-        self.evaluator = evaluator = PeriodicEval(self)  # weight EMA and evaluation during training
+        self.evaluator = evaluator = PeriodicEval(cfg, self.engine.module, rank=self.rank, world_size=self.world_size,
+                                                  device=self.device, dtype=self.dtype, train_loader=self.loader)
         try:
             with PreemptionHandler() as preemption:
                 while self.step < cfg.train.steps:
@@ -373,7 +364,6 @@ class Trainer:
                         f"continue with --resume")
 
     def run(self) -> None:
-        self.status = StatusFile(self.cfg.run_dir, self.cfg.train.steps, enabled=int(os.environ.get("RANK", "0")) == 0)
         self.status.update(state="starting")  # a monitor sees the run from its first second
         try:
             self.init_distributed()

@@ -10,9 +10,10 @@ from mawstron.core.augment import MixupConfig, mix_batch, random_erasing, smooth
 def regularize(images: torch.Tensor, targets: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Random erasing per image, then mixup or cutmix of the batch (one-hot targets become soft), with label
     smoothing applied to the targets first; the order of timm's pipeline that MAE's fine-tuning uses (erasing is
-    a per-image transform, mixing happens on the collated batch).  WSP runs only smooth."""
+    a per-image transform, mixing happens on the collated batch).  WSP runs (and fine-tuning without mixup, cutmix
+    or erasing) only smooth: with none of them, the full pipeline's result is the smoothed targets too."""
     smoothing = cfg.train.label_smoothing
-    if cfg.train.stage != "finetune":
+    if not cfg.finetune.augments:  # RunConfig allows them for train.stage=finetune only; without them, as WSP
         return images, smooth_targets(targets, smoothing)
     ft = cfg.finetune
     images = random_erasing(images, ft.reprob)
