@@ -27,7 +27,7 @@ def benchmark_options_help() -> str:
 def run(args, bench_args: list[str]) -> int:
     import torch
 
-    from mawstron.cli.train import _free_port
+    from mawstron.parallel.launcher.launch import free_port
     from mawstron.parallel.planning.bench import build_arg_parser, config_from_args
     from mawstron.parallel.config import ConfigError
 
@@ -46,5 +46,5 @@ def run(args, bench_args: list[str]) -> int:
     else:
         env.setdefault("DS_ACCELERATOR", "cpu")
         cmd += ["--num_gpus", str(args.gpus or 2)]
-    cmd += ["--master_port", str(_free_port()), "--module", "mawstron.parallel.planning.bench", *bench_args]
+    cmd += ["--master_port", str(free_port()), "--module", "mawstron.parallel.planning.bench", *bench_args]
     os.execvpe(cmd[0], cmd, env)

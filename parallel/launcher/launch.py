@@ -27,7 +27,7 @@ from ..planning.plan import format_plan, min_gpus, plan
 from ..training.resilience import EXIT_PREEMPTED, Preempted
 from ..training.schedule import Schedule
 from ..training.trainer import Trainer, TrainingDiverged
-from .preflight import PreflightError, clear_old_checkpoints, data_notice, preflight
+from .preflight import PreflightError, data_notice, prepare_run_folder
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -92,14 +92,18 @@ def schedule_line(cfg: RunConfig, world_size: int) -> str:
     return f"  schedule on {gpus}: {Schedule.of(cfg, world_size).format()}"
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the rendezvous port of a launcher or of a world of one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _ensure_process_group_env() -> None:
     """Allow ``python recipe.py`` without a launcher: a world of one process on a free local port."""
     if "RANK" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
@@ -120,14 +124,12 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
         print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
         return 2
     quiet_third_party(args.verbose or None)
+    first_rank = os.environ.get("RANK", "0") == "0"
     try:
-        preflight(cfg, overwrite=args.overwrite)
+        prepare_run_folder(cfg, args.overwrite, clear=first_rank)
     except PreflightError as e:
         print(f"mawstron: {e}", file=sys.stderr, flush=True)
         return 2
-    first_rank = os.environ.get("RANK", "0") == "0"
-    if args.overwrite and first_rank:
-        clear_old_checkpoints(cfg)
     if first_rank and data_notice(cfg):
         print(data_notice(cfg), flush=True)
     launched_rank = "RANK" in os.environ  # a rank process of a launcher, not a caller's own process

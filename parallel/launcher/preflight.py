@@ -80,6 +80,13 @@ def preflight(cfg: RunConfig, overwrite: bool = False) -> None:
     check_init_from(cfg)
 
 
+def prepare_run_folder(cfg: RunConfig, overwrite: bool, clear: bool = True) -> list[str]:
+    """``preflight``, then with ``--overwrite`` remove the earlier run's checkpoints (when ``clear``: one process
+    of the run does it); returns what was removed.  ``mawstron train`` and every rank of ``launch`` call it."""
+    preflight(cfg, overwrite=overwrite)
+    return clear_old_checkpoints(cfg) if overwrite and clear else []
+
+
 def divergence_advice(checkpoint_dir: str) -> str:
     """What to do after a NaN/inf loss, naming a checkpoint that exists."""
     done = ckpt.complete_tags(checkpoint_dir)
