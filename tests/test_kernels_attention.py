@@ -106,7 +106,7 @@ def test_public_entry_and_dispatch(monkeypatch):
     import mawstron.kernels as K
 
     for name in ("attention", "layer_norm", "masking", "mae_loss"):  # the submodules shadow no public op
-        importlib.import_module(f"mawstron.kernels.{name}")
+        importlib.import_module(f"mawstron.kernels.fused.{name}")
     assert callable(K.attention) and callable(K.layer_norm) and callable(K.mae_loss)
 
     q, k, v = (torch.randn(1, 2, 50, 64, device=DEVICE) for _ in range(3))
