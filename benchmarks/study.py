@@ -408,7 +408,7 @@ def main(argv=None) -> int:
 
 
 def write_report(args, manifest, arms, runs, t0, seeds_done, results_dir) -> None:
-    from mawstron.parallel.planning.bench import git_commit
+    from mawstron.parallel.launcher.bench import git_commit
     from study_report import aggregate, findings, write_markdown, write_plot
 
     os.makedirs(results_dir, exist_ok=True)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .flops import block_flops
 from .vit import VisionTransformer, vit_config
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -151,8 +152,6 @@ def create_clip(preset: str, lit: LitConfig, vocab_size: int | None = None, **vi
 
 def text_flops(lit: LitConfig, tokens: int | None = None) -> int:
     """Forward FLOPs of the text tower on one caption (matmuls only, as ``core.flops``)."""
-    from .flops import block_flops
-
     tokens = tokens or lit.max_length
     return lit.text_depth * block_flops(tokens, lit.text_width, lit.text_mlp_dim or 4 * lit.text_width) \
         + 2 * lit.text_width * lit.embed_dim

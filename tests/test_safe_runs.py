@@ -16,8 +16,8 @@ from mawstron.parallel.launcher.preflight import (
     check_run_folder,
     clear_old_checkpoints,
     data_notice,
-    divergence_advice,
 )
+from mawstron.parallel.training.trainer import divergence_advice
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MAE = os.path.join(REPO, "recipes", "vit_tiny_mae.py")
@@ -207,7 +207,7 @@ def test_benchmarks_write_to_runs_unless_out_says_otherwise(tmp_path, monkeypatc
     import importlib.util
     import sys
 
-    from mawstron.parallel.planning import bench
+    from mawstron.parallel.launcher import bench
 
     assert bench.RESULTS_DIR.startswith("runs/")
     monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))

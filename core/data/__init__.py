@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .common import BATCHES, BatchSpec, batch_spec
 from .config import DALI_DEVICES, LOADERS, SOURCES, DataConfig
 from .loader import IMAGENET_MEAN, IMAGENET_STD, SyntheticLoader
 
@@ -10,15 +11,16 @@ def build_train_loader(cfg: DataConfig, *, stage: str, img_size: int, micro_batc
                        world_size: int = 1, seed: int = 0, tokenizer=None):
     """This rank's infinite train loader for ``stage`` ("mae", "wsp", "finetune" or "lit"; lit tokenizes the
     captions with ``tokenizer``)."""
+    batches = batch_spec(stage)
     if cfg.source == "synthetic":
-        if stage == "lit":
+        if batches.captions:
             raise ValueError("LiT needs captioned images: set data.source=shards and data.shards=DIR/train-*.tar "
                              "(from `mawstron data synth --out DIR`)")
-        if stage == "finetune":
+        if batches.labels == "classes":
             raise ValueError("fine-tuning needs labelled shards: set data.source=shards and "
                              "data.shards=DIR/eval-train-*.tar (from `mawstron data synth --out DIR`)")
         return SyntheticLoader(img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
-                               seed=seed, with_targets=stage == "wsp")
+                               seed=seed, with_targets=batches.labels == "hashtags")
     kwargs = dict(stage=stage, img_size=img_size, micro_batch=micro_batch, rank=rank, world_size=world_size,
                   seed=seed)
     if cfg.source == "folder":  # labels only (fine-tuning): no captions to tokenize
@@ -48,7 +50,7 @@ def check_data(cfg: DataConfig, stage: str) -> None:
     from .shards import Vocab, expand_shards
 
     expand_shards(cfg.shards)
-    if stage == "wsp":
+    if batch_spec(stage).labels == "hashtags":
         Vocab(cfg.vocab)
 
 
@@ -64,5 +66,6 @@ def build_eval_loader(cfg: DataConfig, *, img_size: int, batch_size: int, shards
     return EvalLoader(cfg, img_size=img_size, batch_size=batch_size, shards=shards)
 
 
-__all__ = ["DALI_DEVICES", "DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "LOADERS", "SOURCES", "SyntheticLoader",
-           "build_eval_loader", "build_train_loader", "check_data"]
+__all__ = ["BATCHES", "BatchSpec", "DALI_DEVICES", "DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "LOADERS", "SOURCES", "SyntheticLoader",
+           "batch_spec", "build_eval_loader", "build_train_loader",
+           "check_data"]

@@ -36,7 +36,7 @@ def load_mae(checkpoint: str, tag: str | None = None, preset: str = "", norm_pix
     (``preset`` names the encoder; MAE's decoder defaults)."""
     if is_zero_checkpoint_dir(checkpoint):
         run = read_run_config(checkpoint, tag)
-        if run["train"]["stage"] != "mae":
+        if run["train"]["stage"] != "mae":  # this tool is MAE's own: the decoder draws the reconstruction
             raise ValueError(f"{checkpoint} holds a {run['train']['stage']} run; show-mae needs an MAE run's "
                              f"checkpoints (the decoder draws the reconstruction)")
         model_cfg = ModelConfig(**run["model"])

@@ -24,6 +24,7 @@ from mawstron.core.eval import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_
 from mawstron.core.text import TOKENIZER_FILE, load_tokenizer
 
 from ..checkpoints.consolidate import tokenizer_beside
+from ..stages import STAGES
 from ..checkpoints.store import find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def load_clip(checkpoint: str, tokenizer: str = ""):
     checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     if is_zero_checkpoint_dir(checkpoint):
         run = read_run_config(checkpoint)
-        if run["train"]["stage"] != "lit":
+        if not getattr(STAGES.get(run["train"]["stage"]), "text_tower", False):
             raise ValueError(f"{checkpoint} is a {run['train']['stage']} run; zero-shot needs a LiT run "
                              f"(train.stage=lit) or a MAWS-CLIP file")
         state = read_zero_checkpoint(checkpoint)

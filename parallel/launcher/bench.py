@@ -5,7 +5,7 @@ them) on synthetic tensors or the real data pipeline, excludes warm-up steps, an
 TFLOP/s per device, MFU against the device's bf16 peak (None on a CPU, where it is not meaningful), peak
 memory, and the share of step time spent waiting for data.  Launch it like a recipe::
 
-    deepspeed --num_gpus 8 --module mawstron.parallel.planning.bench --model vit_l16 --stage mae --micro-batch 64
+    deepspeed --num_gpus 8 --module mawstron.parallel.launcher.bench --model vit_l16 --stage mae --micro-batch 64
     mawstron bench train --recipe recipes/vit_tiny_mae.py --gpus 2       # validated first, then deepspeed
 
 The configuration is a recipe's (``--recipe``: its ZeRO stage, checkpointing, precision, MAE decoder) or, with
@@ -26,7 +26,15 @@ import sys
 
 import torch
 
+import torch.distributed as dist
+
 from ..config import ConfigError, ModelConfig, RunConfig, apply_overrides
+from ..console import quiet_third_party
+from ..planning.paper import mae_run, wsp_run
+from ..training.trainer import Trainer
+from .launch import _ensure_process_group_env
+
+PAPER_RUNS = {"mae": (mae_run, {}), "wsp": (wsp_run, {"init_from": ""})}  # --stage: builder, its extra arguments
 
 # results of ad-hoc runs stay out of the repository; the committed ones are regenerated on purpose with
 # --out benchmarks/results/<name>.json
@@ -61,10 +69,7 @@ def config_from_args(args) -> RunConfig:
         if not isinstance(cfg, RunConfig):
             raise ConfigError(f"{args.recipe} defines no CONFIG = RunConfig(...)")
     else:
-        from .paper import mae_run, wsp_run
-
-        build = mae_run if args.stage == "mae" else wsp_run
-        extra = {} if args.stage == "mae" else {"init_from": ""}
+        build, extra = PAPER_RUNS[args.stage]
         cfg = build(f"{args.model}_{args.stage}", args.model, micro_batch=args.micro_batch or 32, **extra)
     overrides = [f"name=bench_{cfg.name}", f"train.steps={args.warmup_steps + args.steps}", f"data.source={args.data}",
                  "checkpoint.init_from=", "checkpoint.resume=false"]
@@ -125,19 +130,12 @@ def summarize(records: list[dict], trainer, args, cfg: RunConfig, peak_mem_all_r
 
 
 def run_benchmark(argv: list[str] | None = None) -> int:
-    import torch.distributed as dist
-
-    from ..launcher.launch import _ensure_process_group_env
-    from ..training.trainer import Trainer
-
     args = build_arg_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
     except ConfigError as e:
         print(f"mawstron bench: config error: {e}", file=sys.stderr, flush=True)
         return 2
-    from ..console import quiet_third_party
-
     quiet_third_party(args.verbose or None)
     _ensure_process_group_env()
     trainer = Trainer(cfg)

@@ -87,16 +87,6 @@ def prepare_run_folder(cfg: RunConfig, overwrite: bool, clear: bool = True) -> l
     return clear_old_checkpoints(cfg) if overwrite and clear else []
 
 
-def divergence_advice(checkpoint_dir: str) -> str:
-    """What to do after a NaN/inf loss, naming a checkpoint that exists."""
-    done = ckpt.complete_tags(checkpoint_dir)
-    if done:
-        return (f"the last good checkpoint is {os.path.join(checkpoint_dir, done[-1])}. Lower optim.lr / optim.base_lr "
-                f"or raise optim.warmup_steps, then continue it with --resume")
-    return ("no checkpoint was saved before it (checkpoint.every_steps sets how often). Lower optim.lr / "
-            "optim.base_lr or raise optim.warmup_steps, then start again with --overwrite")
-
-
 def data_notice(cfg: RunConfig) -> str | None:
     """One line when the run trains on random tensors (``data.source=synthetic``, every recipe's default)."""
     if cfg.data.source != "synthetic":

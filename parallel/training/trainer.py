@@ -27,7 +27,6 @@ from ..engine.ds_config import build_ds_config
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from ..engine.optim import build_optimizer, lr_at, set_lr
 from .periodic_eval import PeriodicEval
-from ..launcher.preflight import divergence_advice
 from .resilience import Preempted, PreemptionHandler
 from .schedule import Schedule, format_duration
 from .status import StatusFile
@@ -37,6 +36,16 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+def divergence_advice(checkpoint_dir: str) -> str:
+    """What to do after a NaN/inf loss, naming a checkpoint that exists."""
+    done = ckpt.complete_tags(checkpoint_dir)
+    if done:
+        return (f"the last good checkpoint is {os.path.join(checkpoint_dir, done[-1])}. Lower optim.lr / optim.base_lr "
+                f"or raise optim.warmup_steps, then continue it with --resume")
+    return ("no checkpoint was saved before it (checkpoint.every_steps sets how often). Lower optim.lr / "
+            "optim.base_lr or raise optim.warmup_steps, then start again with --overwrite")
 
 
 CPU_SHM_PREFIX = "/dev/shm/deepspeed_allreduce_buffer"
