@@ -23,8 +23,8 @@ from .weights import (
     read_state_dict,
     register_folder_reader,
 )
+from .factory import create_vit, create_vit_from_checkpoint  # above the models, as timm's _factory
 from .wsp import create_wsp, multi_hot, wsp_loss
-from .factory import create_vit, create_vit_from_checkpoint  # noqa: I001  (above the models: timm's _factory)
 
 __all__ = [
     "CLIP",

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .mae import DECODER_KEY_PREFIXES
 from .pos_embed import resample_abs_pos_embed
-from .vit import PRESETS, size_overrides, vit_config
+from .vit import PRESETS, vit_config
 
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
 _PREFIXES = ("module.", "_orig_mod.", "vision_encoder.", "encoder.")

@@ -8,16 +8,14 @@ The merge of every rank's shards is DeepSpeed's own (``zero_to_fp32``), which is
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 
 from mawstron.core import register_folder_reader
 
-from ..stages import STAGES
-from .store import read_run_config, read_zero_checkpoint
 from ..console import stdout_to_stderr
-from .store import find_checkpoint_dir
+from ..stages import STAGES
+from .store import find_checkpoint_dir, read_run_config, read_zero_checkpoint
 
 
 def _label_names(run: dict) -> list[str] | None:

@@ -21,8 +21,8 @@ import torch.distributed as dist
 from mawstron.core import LoadReport, adapt_state_dict, check_fit, encoder_state_dict, read_state_dict
 
 from ..checkpoints.store import find_checkpoint_dir, read_zero_checkpoint
-from ..console import stdout_to_stderr
 from ..config import RunConfig
+from ..console import stdout_to_stderr
 
 
 def construct(cfg: RunConfig, num_classes: int | None):

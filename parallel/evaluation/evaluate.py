@@ -17,11 +17,10 @@ from mawstron.core.data import DataConfig, build_eval_loader
 from mawstron.core.data.image_folder import align_classes
 from mawstron.core.eval import extract_features, few_shot, linear_probe
 
-from ..engine.build import read_checkpoint_weights, split_encoder
 from ..checkpoints.store import (complete_tags, find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config,
                                  read_zero_checkpoint, tag_for_step)
 from ..config import ModelConfig
-
+from ..engine.build import read_checkpoint_weights, split_encoder
 
 
 def model_config_of(checkpoint: str, tag: str | None = None) -> ModelConfig:

@@ -24,8 +24,8 @@ from mawstron.core.eval import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_
 from mawstron.core.text import TOKENIZER_FILE, load_tokenizer
 
 from ..checkpoints.consolidate import tokenizer_beside
-from ..stages import STAGES
 from ..checkpoints.store import find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
+from ..stages import STAGES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

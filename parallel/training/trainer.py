@@ -21,11 +21,11 @@ from mawstron.core.data.shards import SKIP_REASONS
 
 from ..checkpoints import store as ckpt
 from ..checkpoints import universal
-from ..engine.build import build_model
 from ..config import RunConfig, to_dict
+from ..engine.build import build_model
 from ..engine.ds_config import build_ds_config
-from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from ..engine.optim import build_optimizer, lr_at, set_lr
+from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .periodic_eval import PeriodicEval
 from .resilience import Preempted, PreemptionHandler
 from .schedule import Schedule, format_duration
