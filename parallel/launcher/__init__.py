@@ -1,1 +1,2 @@
-"""Starting a run: the recipes' ``launch`` entry, the checks made before any rank starts, console quieting."""
+"""Entry points that run the ``Trainer``: the recipes' ``launch`` (``launch.py``), the throughput benchmark
+(``bench.py``), and the checks made before any rank starts (``preflight.py``)."""
