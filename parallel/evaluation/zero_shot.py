@@ -27,7 +27,7 @@ from ..checkpoints.consolidate import tokenizer_beside
 from ..checkpoints.store import find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 from ..stages import STAGES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # parallel/evaluation/ -> the repository
 
 
 def _lit_of(section: dict) -> LitConfig:
