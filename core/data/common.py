@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .shards import Sample, Vocab, assign_shards, build_index, expand_shards, parse_meta, read_num_classes
+from .tag_ids import load_tag_ids, scan_tag_ids
 
 # augmentation per stage: RandomResizedCrop area range.  MAE uses (0.2, 1.0) (He et al. 2022); WSP and
 # fine-tuning use the standard Inception crop (0.08, 1.0) (Szegedy et al. 2015), as SWAG/MAWS pretraining does.
@@ -94,14 +95,23 @@ class RankShards:
             raise ValueError(f"data.resample={self.cfg.resample} re-samples by hashtag, which only WSP has; "
                              f"use data.resample=none for {self.stage}")
         counts = self.vocab.counts()
-        tag_sets = []
-        for path, s in self.samples:
-            with open(path, "rb") as f:
-                f.seek(s.meta[0])
-                tag_sets.append(self.vocab.indices(parse_meta(f.read(s.meta[1]), s.meta_ext)))
-        weights = image_weights(tag_sets, counts, power)
+        weights = image_weights(self.tag_sets(), counts, power)
         size = rank_epoch_size(self.cfg.epoch_size, len(self.samples), world_size)
         return EpochDraws(weights, epoch_size=size, seed=seed, rank=self.rank)
+    def tag_sets(self) -> list[list[int]]:
+        """Known tag indices of each of ``self.samples``: from the precomputed tag ids beside each shard's index
+        (``mawstron data tags``, tag_ids.py) where they exist, else from every sample's metadata."""
+        out: list[list[int]] = []
+        self.tag_ids_used = 0
+        for ix in self.usable:
+            tags = load_tag_ids(ix, self.vocab)
+            if tags is None:
+                tags = scan_tag_ids(ix, self.vocab)
+            else:
+                self.tag_ids_used += 1
+            out.extend(tags)
+        return out[self.sub_rank::self.sub_world]
+
     def captions(self, metas: list[dict]) -> dict[str, torch.Tensor]:
         """Stage lit: the batch's captions as ``{"input_ids", "attention_mask"}`` (see core/text.py)."""
         from ..text import caption_text, tokenize

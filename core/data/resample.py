@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 
 import numpy as np
+
+from .shards import ShardIndex, _scan
+from .tag_ids import _vocab, scan_tag_ids
+from .storage import private_dir
 
 RESAMPLE_MODES = ("none", "sqrt", "inverse")
 DEFAULT_POWER = {"sqrt": 0.5, "inverse": 0.0}
@@ -120,25 +123,23 @@ def rank_epoch_size(epoch_size: int, num_rank_samples: int, world_size: int) -> 
 
 
 def resample_dir(index_dir: str, key: str) -> str:
-    """Where a re-sampled loader's index files go (deterministic, so a resumed run rewrites the same files)."""
-    base = index_dir or os.path.join(tempfile.gettempdir(), "mawstron-resample")
+    """Where a re-sampled loader's index files go (deterministic under ``data.index_dir``, so a resumed run
+    rewrites the same files; without it a private folder of this process, removed at exit)."""
+    base = os.path.join(index_dir, "resample") if index_dir else private_dir("resample")
     path = os.path.join(base, hashlib.sha1(key.encode()).hexdigest()[:16])
     os.makedirs(path, exist_ok=True)
     return path
 
 
+def shard_tag_sets(shard: str, vocab_path: str) -> list[list[int]]:
+    """The known tag indices of every usable image of one shard: the per-shard task of ``mawstron data stats``."""
+    samples, skipped = _scan(shard, validate=False)
+    return scan_tag_ids(ShardIndex(shard, "", samples, skipped), _vocab(vocab_path))
+
+
 def collection_tag_sets(shards: list[str], vocab) -> list[list[int]]:
     """The known tag indices of every usable image of ``shards`` (what ``mawstron data stats`` weighs)."""
-    from .shards import _scan, parse_meta
-
-    out = []
-    for shard in shards:
-        samples, _ = _scan(shard, validate=False)
-        with open(shard, "rb") as f:
-            for s in samples:
-                f.seek(s.meta[0])
-                out.append(vocab.indices(parse_meta(f.read(s.meta[1]), s.meta_ext)))
-    return out
+    return [t for shard in shards for t in shard_tag_sets(shard, vocab.path)]
 
 
 def distribution_report(tag_sets: list[list[int]], vocab, power: float) -> dict:
