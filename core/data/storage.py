@@ -157,10 +157,12 @@ def private_dir(kind: str) -> str:
     path = _PRIVATE.get(key)
     if path is None or not os.path.isdir(path):
         path = _PRIVATE[key] = tempfile.mkdtemp(prefix=f"mawstron-{kind}-")
-        atexit.register(_remove_private, path, os.getpid())
     return path
 
 
-def _remove_private(path: str, pid: int) -> None:
-    if os.getpid() == pid:  # not from a forked DataLoader worker
-        shutil.rmtree(path, ignore_errors=True)
+@atexit.register
+def remove_private_dirs() -> None:
+    """Remove this process's private folders (at exit; a forked DataLoader worker leaves its parent's alone)."""
+    mine = f"{os.getpid()}:"
+    for key in [k for k in _PRIVATE if k.startswith(mine)]:
+        shutil.rmtree(_PRIVATE.pop(key), ignore_errors=True)
