@@ -56,7 +56,11 @@ setup(
     extras_require={
         # what only GPU clusters need: NVML monitoring, MPI-based multi-node launchers, TensorBoard logging
         "cluster": ["nvidia-ml-py>=12.0", "mpi4py>=3.1", "tensorboard>=2.14"],
-        "test": ["pytest>=7.4"],
+        # the data jobs on a Ray cluster (`--engine ray`) and shards in object storage (s3:// through s3fs, https://
+        # through fsspec's aiohttp client); these versions install beside torch 2.13 without pulling torchvision
+        "data": ["ray==2.60.0", "fsspec==2026.9.0", "s3fs==2026.9.0"],
+        # moto's S3 server for the object-storage tests (started on 127.0.0.1 by the tests)
+        "test": ["pytest>=7.4", "moto[server]==5.2.6"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["mawstron = mawstron.cli.main:main"]},

@@ -120,23 +120,35 @@ def _expand_remote(part: str, spec: str, what: str) -> list[str]:
                                  f"https://host/path/train-{{000000..000119}}.tar, not a glob")
             from concurrent.futures import ThreadPoolExecutor
 
+            def absent(url: str) -> bool:  # a HEAD request; errors other than "not found" are raised
+                try:
+                    fs.info(url)
+                    return False
+                except FileNotFoundError as e:  # fsspec says "not found" for a refused connection too
+                    cause = e.__cause__
+                    status = getattr(cause, "status", None)
+                    if status in (401, 403):
+                        raise PermissionError(f"{url}: HTTP {status}") from None
+                    if cause is not None and not isinstance(cause, FileNotFoundError) and status not in (404, 410):
+                        raise OSError(f"{type(cause).__name__}: {cause}") from None
+                    return True
+
             with ThreadPoolExecutor(8) as pool:
-                there = list(pool.map(fs.exists, names))
-            missing = [n for n, ok in zip(names, there) if not ok]
+                missing = [n for n, gone in zip(names, pool.map(absent, names)) if gone]
     except FileNotFoundError as e:
-        raise ValueError(f"{what}={spec!r}: {e.args[-1] if e.args else e} does not exist (a missing bucket or "
-                         f"prefix?); check the name and AWS_ENDPOINT_URL") from None
+        raise ValueError(f"{what}={spec!r}: not found ({str(e).splitlines()[0][:200] if str(e) else 'no such bucket'}"
+                         f"): check the bucket and prefix (and AWS_ENDPOINT_URL for an S3-compatible store)") from None
     except PermissionError as e:
         raise ValueError(f"{what}={spec!r}: access refused ({str(e).splitlines()[0][:200]}); check the credentials "
                          f"(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy") from None
     except (OSError, RuntimeError) as e:  # connection refused, DNS, timeouts (aiohttp/botocore)
         raise ValueError(f"{what}={spec!r}: cannot reach {protocol}:// storage ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); check the URL and AWS_ENDPOINT_URL") \
-            from None
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); check the URL"
+                         f"{' and AWS_ENDPOINT_URL' if protocol == 's3' else ''}") from None
     if missing:
+        hole = ", a hole in the brace range" if ".." in part and len(missing) < len(names) else ""
         raise ValueError(f"{what}={spec!r}: {missing[0]!r} does not exist ({len(missing)} of {len(names)} named "
-                         f"objects missing{', a hole in the brace range' if '..' in part else ''}); fix the pattern "
-                         f"or upload the missing shards")
+                         f"objects missing{hole}); fix the pattern or upload the missing shards")
     return names
 
 
