@@ -85,7 +85,10 @@ def load_tag_ids(ix: ShardIndex, vocab: Vocab) -> list[list[int]] | None:
         raise ValueError(f"{path} holds tag ids of another (older) vocabulary than data.vocab={vocab.path!r}; {fix}")
     if data.get("stamp") != shard_stamp(ix.path):
         raise ValueError(f"{path} was written for another version of {ix.path} (size/mtime differ); {fix}")
-    by_key = dict(zip(data.get("keys") or [], data.get("tags") or []))
+    keys, tags = data.get("keys") or [], data.get("tags") or []
+    if len(keys) == len(ix.samples) and keys == [s.key for s in ix.samples]:
+        return tags
+    by_key = dict(zip(keys, tags))
     try:
         return [by_key[s.key] for s in ix.samples]
     except KeyError as e:
