@@ -59,8 +59,9 @@ setup(
         # the data jobs on a Ray cluster (`--engine ray`) and shards in object storage (s3:// through s3fs, https://
         # through fsspec's aiohttp client); these versions install beside torch 2.13 without pulling torchvision
         "data": ["ray==2.60.0", "fsspec==2026.9.0", "s3fs==2026.9.0"],
-        # moto's S3 server for the object-storage tests (started on 127.0.0.1 by the tests)
-        "test": ["pytest>=7.4", "moto[server]==5.2.6"],
+        # moto's S3 server for the object-storage tests (ThreadedMotoServer on 127.0.0.1): its S3 backend and the
+        # Flask app it serves, not moto[server]'s every service (CloudFormation linting, docker, ...)
+        "test": ["pytest>=7.4", "moto[s3]==5.2.6", "flask==3.1.3", "flask-cors==6.0.5"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["mawstron = mawstron.cli.main:main"]},
