@@ -148,3 +148,18 @@ def test_local_engine_and_ray_give_the_same_outputs(tailed, tmp_path, capsys):
     assert main(["data", "vocab", *common, "--engine", "ray", "--ray-address", "127.0.0.1:1",
                  "--out", str(tmp_path / "vx.json")]) == 2
     assert "no Ray cluster answers" in capsys.readouterr().err and not (tmp_path / "vx.json").exists()
+
+
+def test_from_folder_writes_the_same_shards_on_any_worker_count(tmp_path):
+    """data from-folder with 1 and 2 processes writes byte-identical shards and indexes."""
+    from folder_helpers import make_image_folder
+
+    make_image_folder(str(tmp_path / "src"), images=18, size=16)
+    for workers in (1, 2):
+        assert main(["data", "from-folder", str(tmp_path / "src"), "--out", str(tmp_path / f"out{workers}"),
+                     "--shard-size", "5", "--workers", str(workers)]) == 0
+    names = sorted(n for n in os.listdir(tmp_path / "out1") if n.endswith((".tar", ".idx")))
+    assert len([n for n in names if n.endswith(".tar")]) == 4
+    assert names == sorted(n for n in os.listdir(tmp_path / "out2") if n.endswith((".tar", ".idx")))
+    for name in names:
+        assert (tmp_path / "out1" / name).read_bytes() == (tmp_path / "out2" / name).read_bytes()
