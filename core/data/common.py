@@ -54,7 +54,7 @@ class RankShards:
         if stage == "lit" and tokenizer is None:
             raise ValueError("stage lit needs a tokenizer for the captions")
         self.tokenizer = tokenizer
-        self.all_shards = expand_shards(cfg.shards)
+        self.all_shards = expand_shards(cfg.shards, check_remote=False)  # checked once by `mawstron train`
         self.paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
         self.cfg, self.rank = cfg, rank
         self.load_indexes(validate=cfg.validate)

@@ -62,17 +62,22 @@ def _expand_braces(pattern: str) -> list[str]:
     return [p for o in options for p in _expand_braces(head + o + tail)]
 
 
-def expand_shards(spec: str, what: str = "data.shards") -> list[str]:
+def expand_shards(spec: str, what: str = "data.shards", *, check_remote: bool = True) -> list[str]:
     """The shard files named by ``spec``: a glob, a brace pattern or a comma-separated list of those.
 
-    Raises ValueError naming the pattern and the fix when nothing matches or a listed file is missing."""
+    Raises ValueError naming the pattern and the fix when nothing matches or a listed file is missing.
+    ``check_remote=False`` expands an ``s3://`` / ``https://`` brace pattern without asking the store whether
+    each object exists (the ranks of a run, after ``mawstron train`` checked it once: 256 ranks listing 300,000
+    objects each would only load the store; a shard gone since is counted as ``unreadable_shard``)."""
     if not spec or not spec.strip():
         raise ValueError(f"{what} is empty: name webdataset tar shards (a glob such as DIR/train-*.tar); "
                          f"{SYNTH_HINT}")
     out: list[str] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()] if "{" not in spec else [spec.strip()]:
         if is_remote(part):
-            out.extend(_expand_remote(part, spec, what))
+            names = _expand_braces(part)
+            out.extend(names if not check_remote and not any(c in part for c in "*?[")
+                       else _expand_remote(part, spec, what))
             continue
         for name in _expand_braces(part):
             if any(c in name for c in "*?["):
