@@ -7,7 +7,6 @@ or Ray tasks on a local Ray or on a cluster (``--ray-address`` / ``RAY_ADDRESS``
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -69,7 +68,8 @@ def add_parser(subparsers):
     g.add_argument("--shards", required=True, help="the training shards (a glob, brace pattern or list)")
     g.add_argument("--vocab", required=True, help="the vocab.json training uses (data.vocab)")
     g.add_argument("--index-dir", default="", help="the data.index_dir training uses (default: beside the shards)")
-    g.add_argument("--no-validate", action="store_true", help="index with JPEG marker checks only (data.validate=false)")
+    g.add_argument("--no-validate", action="store_true",
+                   help="index with JPEG marker checks only (data.validate=false)")
     add_engine_args(g)
     g.set_defaults(func=run_tags)
 

@@ -11,7 +11,8 @@ def add_engine_args(p) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="processes (local) or CPUs of the local Ray (0: every core; the output does not depend on it)")
     p.add_argument("--ray-address", default="",
-                   help="join this Ray cluster (HOST:6379 or ray://HOST:10001; default: $RAY_ADDRESS, else a local Ray)")
+                   help="join this Ray cluster (HOST:6379 or ray://HOST:10001; default: $RAY_ADDRESS, else a local "
+                        "Ray)")
 
 
 def engine_kwargs(args) -> dict:

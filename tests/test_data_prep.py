@@ -58,7 +58,7 @@ def test_a_rank_with_3x_more_shards_than_its_file_limit_reads_every_sample(tmp_p
 
 
 def test_open_file_errors_are_errors_not_decode_errors(tmp_path):
-    """A shard that disappears after indexing stops the loader with its name instead of being skipped as decode errors."""
+    """A shard that disappears after indexing stops the loader with its name; it is not skipped as decode errors."""
     make_collection(str(tmp_path), images=16, shard_size=8, size=16, eval_images=0)
     cfg = DataConfig(source="shards", shards=str(tmp_path / "train-*.tar"), loader="torch", num_workers=0)
     ld = build_train_loader(cfg, stage="mae", img_size=8, micro_batch=4)
@@ -113,7 +113,7 @@ def test_tag_ids_of_an_older_vocabulary_are_refused(tailed, tmp_path):
                  "--out", newer]) == 0
     cfg = DataConfig(source="shards", shards=f"{tailed}/train-*.tar", vocab=newer, loader="torch", num_workers=0,
                      resample="sqrt", index_dir=index_dir)
-    with pytest.raises(ValueError, match=r"tags\.json holds tag ids of another \(older\) vocabulary .*mawstron data tags"):
+    with pytest.raises(ValueError, match=r"tags\.json holds tag ids of another \(older\) vocabulary .*data tags"):
         build_train_loader(cfg, stage="wsp", img_size=8, micro_batch=2)
 
 

@@ -3,7 +3,6 @@ http.server, both on 127.0.0.1, give the batches of the same shards on local dis
 
 import glob
 import itertools
-import json
 import os
 
 import pytest
@@ -44,7 +43,7 @@ def same(a, b):
 
 
 def test_s3_shards_give_the_batches_of_local_shards(local, tmp_path, monkeypatch, capsys):
-    """moto S3 on 127.0.0.1: brace and glob patterns, vocab, tag ids and batches as from disk; missing objects one line."""
+    """moto S3 on 127.0.0.1: brace and glob patterns, vocab, tag ids and batches as from disk; missing ones: one line."""
     vocab = f"{local}/vocab.json"
     reference = batches(f"{local}/train-*.tar", vocab, str(tmp_path / "ix-local"))
     with s3_server(monkeypatch) as endpoint:

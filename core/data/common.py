@@ -57,6 +57,7 @@ class RankShards:
         self.all_shards = expand_shards(cfg.shards, check_remote=False)  # checked once by `mawstron train`
         self.paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
         self.cfg, self.rank = cfg, rank
+        self.tag_ids_used = 0  # shards whose precomputed tag ids served the last tag_sets()
         self.load_indexes(validate=cfg.validate)
         self.vocab = Vocab(cfg.vocab) if stage == "wsp" else None
         if stage == "wsp":
@@ -98,6 +99,7 @@ class RankShards:
         weights = image_weights(self.tag_sets(), counts, power)
         size = rank_epoch_size(self.cfg.epoch_size, len(self.samples), world_size)
         return EpochDraws(weights, epoch_size=size, seed=seed, rank=self.rank)
+
     def tag_sets(self) -> list[list[int]]:
         """Known tag indices of each of ``self.samples``: from the precomputed tag ids beside each shard's index
         (``mawstron data tags``, tag_ids.py) where they exist, else from every sample's metadata."""

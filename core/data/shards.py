@@ -31,6 +31,7 @@ import os
 import re
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .storage import filesystem, is_remote, open_shard, private_dir, read_range, shard_size, shard_stamp
@@ -123,8 +124,6 @@ def _expand_remote(part: str, spec: str, what: str) -> list[str]:
             if any(c in part for c in "*?["):
                 raise ValueError(f"{what}={spec!r}: {protocol}:// shards are named by a brace pattern such as "
                                  f"https://host/path/train-{{000000..000119}}.tar, not a glob")
-            from concurrent.futures import ThreadPoolExecutor
-
             def absent(url: str) -> bool:  # a HEAD request; errors other than "not found" are raised
                 try:
                     fs.info(url)
@@ -378,7 +377,8 @@ def build_index(shard: str, *, validate: bool = True, index_dir: str = "", force
     try:
         _write_atomic(idx, _index_text(samples, {}))
         _write_atomic(sidecar, json.dumps({
-            "version": SIDECAR_VERSION, "shard": shard if is_remote(shard) else os.path.abspath(shard), "stamp": stamp, "validated": validate,
+            "version": SIDECAR_VERSION, "shard": shard if is_remote(shard) else os.path.abspath(shard),
+            "stamp": stamp, "validated": validate,
             "skipped": dict(skipped), "samples": [[s.key, list(s.image), s.meta_ext, list(s.meta)] for s in samples],
         }))
     except OSError:  # read-only data folder: index into this process's private folder instead
@@ -487,7 +487,9 @@ class Vocab:
         self.path, self.tag_counts = path, data.get("counts") or {}
         self.synonyms = {k.lower(): v.lower() for k, v in (data.get("synonyms") or {}).items()}
         self.index = {t: i for i, t in enumerate(self.tags)}
-        self.fingerprint = hashlib.sha1(json.dumps([self.tags, sorted(self.synonyms.items())]).encode()).hexdigest()[:16]
+        # identifies the tag -> index mapping (tags and synonyms): precomputed tag ids record the one they used
+        key = json.dumps([self.tags, sorted(self.synonyms.items())]).encode()
+        self.fingerprint = hashlib.sha1(key).hexdigest()[:16]
 
     def __len__(self):
         return len(self.tags)

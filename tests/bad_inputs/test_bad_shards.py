@@ -5,8 +5,6 @@ import os
 import stat
 import tempfile
 
-import pytest
-
 from data_helpers import tiny_jpeg, write_shard
 from mawstron.core.data import DataConfig, build_train_loader, shards as shards_mod, storage
 from mawstron.core.data.shards import build_index, build_vocab, parse_meta
