@@ -319,7 +319,12 @@ def _scan(path: str, validate: bool) -> tuple[list[Sample], Counter]:
                 continue
             off, size = parts[image_ext]
             f.seek(off)
-            data = f.read(size)
+            if validate or size <= 128:
+                data = f.read(size)
+            else:  # the marker check needs the first 3 and the last 64 bytes, not the whole image
+                head = f.read(3)
+                f.seek(off + size - 64)
+                data = head + f.read(64)
             if not looks_like_jpeg(data) or (validate and not decodes_with_pil(data)):
                 skipped["corrupt_jpeg"] += 1
                 continue
