@@ -103,6 +103,28 @@ def test_precomputed_tag_ids_give_the_same_draws_and_resume(tailed, tmp_path, lo
         assert torch.equal(a["images"], b["images"])
 
 
+def test_tag_ids_serve_ranks_splitting_one_shard_and_step_aside_for_another_sample_list(tailed, tmp_path):
+    """Two ranks splitting one shard draw the same with tag ids; a file over another sample list is not used."""
+    one, index_dir = f"{tailed}/train-000000.tar", str(tmp_path / "idx")
+    cfg = DataConfig(source="shards", shards=one, vocab=f"{tailed}/vocab.json", loader="torch", num_workers=0,
+                     resample="sqrt", index_dir=index_dir)
+
+    def draws():
+        loaders = [build_train_loader(cfg, stage="wsp", img_size=8, micro_batch=2, seed=1, rank=r, world_size=2)
+                   for r in range(2)]
+        return [ld.draws.fingerprint() for ld in loaders], [ld.shards.tag_ids_used for ld in loaders]
+
+    slow, used = draws()
+    assert used == [0, 0] and slow[0] != slow[1]
+    assert main(["data", "tags", "--shards", one, "--vocab", f"{tailed}/vocab.json", "--index-dir", index_dir,
+                 "--workers", "1"]) == 0
+    assert draws() == (slow, [1, 1])
+    (path,) = [os.path.join(index_dir, n) for n in os.listdir(index_dir) if n.endswith(".tags.json")]
+    data = json.load(open(path))
+    json.dump({**data, "keys": "written over another sample list"}, open(path, "w"))
+    assert draws() == (slow, [0, 0])
+
+
 def test_tag_ids_of_an_older_vocabulary_are_refused(tailed, tmp_path):
     """Tag ids written for another vocabulary are refused at rank start, naming the file and the command."""
     index_dir = str(tmp_path / "idx")

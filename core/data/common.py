@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .shards import Sample, Vocab, assign_shards, build_index, expand_shards, parse_meta, read_num_classes
+from .resample import EpochDraws, flat_image_weights, flatten_tag_sets, rank_epoch_size, resample_power
 from .tag_ids import load_tag_ids, scan_tag_ids
 
 # augmentation per stage: RandomResizedCrop area range.  MAE uses (0.2, 1.0) (He et al. 2022); WSP and
@@ -87,8 +88,6 @@ class RankShards:
     def resample_draws(self, *, seed: int, world_size: int):
         """This rank's weighted epoch draws over ``self.samples`` for ``data.resample`` (resample.py), or
         ``None`` when the stream is not re-sampled (``data.resample=none``, or a stage without hashtags)."""
-        from .resample import EpochDraws, image_weights, rank_epoch_size, resample_power
-
         power = resample_power(self.cfg.resample, self.cfg.resample_power)
         if power is None:
             return None
@@ -96,23 +95,30 @@ class RankShards:
             raise ValueError(f"data.resample={self.cfg.resample} re-samples by hashtag, which only WSP has; "
                              f"use data.resample=none for {self.stage}")
         counts = self.vocab.counts()
-        weights = image_weights(self.tag_sets(), counts, power)
+        weights = flat_image_weights(*self.tag_ids(), counts, power)
         size = rank_epoch_size(self.cfg.epoch_size, len(self.samples), world_size)
         return EpochDraws(weights, epoch_size=size, seed=seed, rank=self.rank)
 
-    def tag_sets(self) -> list[list[int]]:
-        """Known tag indices of each of ``self.samples``: from the precomputed tag ids beside each shard's index
-        (``mawstron data tags``, tag_ids.py) where they exist, else from every sample's metadata."""
-        out: list[list[int]] = []
+    def tag_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Known tag indices of each of ``self.samples`` as ``(lengths, ids)`` (resample.flatten_tag_sets): from
+        the precomputed tag ids beside each shard's index (``mawstron data tags``, tag_ids.py) where they exist,
+        else from every sample's metadata."""
+        lengths, ids = [], []
         self.tag_ids_used = 0
         for ix in self.usable:
-            tags = load_tag_ids(ix, self.vocab)
-            if tags is None:
-                tags = scan_tag_ids(ix, self.vocab)
+            found = load_tag_ids(ix, self.vocab)
+            if found is None:
+                found = flatten_tag_sets(scan_tag_ids(ix, self.vocab))
             else:
                 self.tag_ids_used += 1
-            out.extend(tags)
-        return out[self.sub_rank::self.sub_world]
+            lengths.append(found[0])
+            ids.append(found[1])
+        lengths, ids = np.concatenate(lengths), np.concatenate(ids)
+        if self.sub_world == 1:
+            return lengths, ids
+        starts = np.cumsum(lengths) - lengths  # fewer shards than ranks: this rank's every sub_world-th sample
+        return flatten_tag_sets([ids[starts[i]:starts[i] + lengths[i]].tolist()
+                                 for i in range(self.sub_rank, len(lengths), self.sub_world)])
 
     def captions(self, metas: list[dict]) -> dict[str, torch.Tensor]:
         """Stage lit: the batch's captions as ``{"input_ids", "attention_mask"}`` (see core/text.py)."""

@@ -59,21 +59,31 @@ def resample_power(mode: str, power: float = -1.0) -> float | None:
 
 def image_weights(tag_sets: list[list[int]], tag_counts: np.ndarray, power: float) -> np.ndarray:
     """``w_i`` of the module docstring for each image (``tag_sets[i]``: its known tag indices)."""
+    lengths, flat = flatten_tag_sets(tag_sets)
+    return flat_image_weights(lengths, flat, tag_counts, power)
+
+
+def flatten_tag_sets(tag_sets: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lengths, ids)``: each image's number of known tags, and all their indices one image after another."""
+    lengths = np.array(list(map(len, tag_sets)), dtype=np.int64)
+    return lengths, np.fromiter(itertools.chain.from_iterable(tag_sets), dtype=np.int64, count=int(lengths.sum()))
+
+
+def flat_image_weights(lengths: np.ndarray, flat: np.ndarray, tag_counts: np.ndarray, power: float) -> np.ndarray:
+    """``image_weights`` of the tag sets ``flatten_tag_sets`` made (precomputed tag ids come this way)."""
     counts = np.asarray(tag_counts, dtype=np.float64)
-    used = sorted({t for tags in tag_sets for t in tags})
-    if used and np.any(counts[used] <= 0):
+    if len(flat) and np.any(counts[np.unique(flat)] <= 0):
         raise ValueError("a tag on an image has no image count in the vocabulary; rebuild vocab.json with "
                          "`mawstron data vocab` over the same shards")
     factor = np.where(counts > 0, np.maximum(counts, 1.0) ** (power - 1.0), 0.0)
     # one pass over all tags (bincount adds each image's factors in order, as factor[tags].sum() does for fewer
-    # than 8 tags; numpy's pairwise sum of 8 or more can round differently, so those few keep the old sum and
-    # the weights stay bit-identical)
-    lengths = np.array(list(map(len, tag_sets)), dtype=np.int64)
-    flat = np.fromiter(itertools.chain.from_iterable(tag_sets), dtype=np.int64, count=int(lengths.sum()))
-    weights = np.bincount(np.repeat(np.arange(len(tag_sets)), lengths), weights=factor[flat],
-                          minlength=len(tag_sets)).astype(np.float64)
+    # than 8 tags; numpy's pairwise sum of 8 or more can round differently, so those few keep that sum and the
+    # weights stay bit-identical to a per-image sum)
+    weights = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=factor[flat],
+                          minlength=len(lengths)).astype(np.float64)
+    starts = np.cumsum(lengths) - lengths
     for i in np.flatnonzero(lengths >= 8):
-        weights[i] = factor[tag_sets[i]].sum()
+        weights[i] = factor[flat[starts[i]:starts[i] + lengths[i]]].sum()
     return weights
 
 
