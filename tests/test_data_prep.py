@@ -185,3 +185,22 @@ def test_from_folder_writes_the_same_shards_on_any_worker_count(tmp_path):
     assert names == sorted(n for n in os.listdir(tmp_path / "out2") if n.endswith((".tar", ".idx")))
     for name in names:
         assert (tmp_path / "out1" / name).read_bytes() == (tmp_path / "out2" / name).read_bytes()
+
+
+def test_progress_reports_images_per_second_on_a_terminal_only():
+    """Data jobs print shards done and images/s to a terminal, and nothing to a pipe or a log file."""
+    import io
+
+    from mawstron.core.data.jobs import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        progress = Progress("vocab", 2, stream=stream)
+        progress.update((None, None, 30))
+        progress.update({"samples": 12})
+    assert "vocab: 2/2 shards, 42 images" in tty.getvalue() and "images/s" in tty.getvalue()
+    assert pipe.getvalue() == ""
