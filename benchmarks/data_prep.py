@@ -37,7 +37,7 @@ from mawstron.core.data.jobs import default_workers, tag_ids_job, vocab_job
 from mawstron.core.data.shards import build_index, expand_shards, load_synonyms
 from mawstron.core.data.synth import synthesize
 from mawstron.core.data.torch_loader import TorchShardLoader
-from mawstron.parallel.bench import git_commit
+from mawstron.parallel.launcher.bench import git_commit
 
 
 def best_of(repeats: int, fn):
