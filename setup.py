@@ -56,7 +56,12 @@ setup(
     extras_require={
         # what only GPU clusters need: NVML monitoring, MPI-based multi-node launchers, TensorBoard logging
         "cluster": ["nvidia-ml-py>=12.0", "mpi4py>=3.1", "tensorboard>=2.14"],
-        "test": ["pytest>=7.4"],
+        # the data jobs on a Ray cluster (`--engine ray`) and shards in object storage (s3:// through s3fs, https://
+        # through fsspec's aiohttp client); these versions install beside torch 2.13 without pulling torchvision
+        "data": ["ray==2.60.0", "fsspec==2026.9.0", "s3fs==2026.9.0"],
+        # moto's S3 server for the object-storage tests (ThreadedMotoServer on 127.0.0.1): its S3 backend and the
+        # Flask app it serves, not moto[server]'s every service (CloudFormation linting, docker, ...)
+        "test": ["pytest>=7.4", "moto[s3]==5.2.6", "flask==3.1.3", "flask-cors==6.0.5"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["mawstron = mawstron.cli.main:main"]},

@@ -1,12 +1,24 @@
-"""``mawstron data synth|vocab|stats|index``: make a synthetic shard collection, build the hashtag vocabulary, index
-shards for DALI (and find bad samples)."""
+"""``mawstron data synth|vocab|stats|index|tags|from-folder``: make a synthetic shard collection, build the hashtag
+vocabulary, index shards for DALI (and find bad samples), precompute the tag ids re-sampling reads, convert folders.
+
+The jobs over shards take ``--engine local|ray`` (core/data/jobs.py): plain processes on this machine by default,
+or Ray tasks on a local Ray or on a cluster (``--ray-address`` / ``RAY_ADDRESS``)."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+
+from .data_engine import add_engine_args, engine_kwargs
+
+
+def _needs_index_dir(shards: list[str], index_dir: str, what: str) -> None:
+    from mawstron.core.data.storage import is_remote
+
+    if not index_dir and any(is_remote(s) for s in shards):
+        raise ValueError(f"{what}: the shards are in object storage, so their index files cannot go beside them; "
+                         f"pass --index-dir DIR (and data.index_dir=DIR when training)")
 
 
 def add_parser(subparsers):
@@ -36,6 +48,7 @@ def add_parser(subparsers):
     v.add_argument("--min-count", type=int, default=1, help="keep tags on at least this many images")
     v.add_argument("--synonyms", default="", help="json: variant -> canonical tag (e.g. DIR/synonyms.json)")
     v.add_argument("--out", required=True, help="vocab.json to write")
+    add_engine_args(v)
     v.set_defaults(func=run_vocab)
 
     from .data_stats import add_parser as add_stats_parser
@@ -47,7 +60,18 @@ def add_parser(subparsers):
     i.add_argument("--index-dir", default="", help="where to write them (default: beside the shards)")
     i.add_argument("--no-validate", action="store_true", help="check JPEG markers only, do not decode with PIL")
     i.add_argument("--force", action="store_true", help="rebuild even if a cached index is current")
+    add_engine_args(i)
     i.set_defaults(func=run_index)
+
+    g = sub.add_parser("tags", help="precompute each sample's known tag ids per shard, beside its index, so that "
+                                    "a rank with data.resample starts without reading every sample's metadata")
+    g.add_argument("--shards", required=True, help="the training shards (a glob, brace pattern or list)")
+    g.add_argument("--vocab", required=True, help="the vocab.json training uses (data.vocab)")
+    g.add_argument("--index-dir", default="", help="the data.index_dir training uses (default: beside the shards)")
+    g.add_argument("--no-validate", action="store_true",
+                   help="index with JPEG marker checks only (data.validate=false)")
+    add_engine_args(g)
+    g.set_defaults(func=run_tags)
 
     f = sub.add_parser("from-folder", help="convert an ImageFolder, or images with KEY.txt/KEY.json sidecars, "
                                            "into indexed webdataset shards")
@@ -56,6 +80,7 @@ def add_parser(subparsers):
     f.add_argument("--split", default="train", help="shard name prefix, e.g. train or val (default: train)")
     f.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard")
     f.add_argument("--overwrite", action="store_true", help="replace existing SPLIT-*.tar shards in --out")
+    add_engine_args(f)
     f.set_defaults(func=run_from_folder)
 
 
@@ -77,11 +102,14 @@ def run_synth(args) -> int:
 
 
 def run_vocab(args) -> int:
-    from mawstron.core.data.shards import build_vocab, expand_shards, load_synonyms
+    from mawstron.core.data.jobs import vocab_job
+    from mawstron.core.data.shards import expand_shards, load_synonyms
 
+    start = time.perf_counter()
     try:
+        engine = engine_kwargs(args)
         shards = expand_shards(args.shards, what="--shards")
-        vocab = build_vocab(shards, min_count=args.min_count, synonyms=load_synonyms(args.synonyms))
+        vocab = vocab_job(shards, min_count=args.min_count, synonyms=load_synonyms(args.synonyms), **engine)
     except (ValueError, OSError) as e:
         print(f"mawstron data vocab: {e}", file=sys.stderr)
         return 2
@@ -89,31 +117,61 @@ def run_vocab(args) -> int:
         print(f"mawstron data vocab: no hashtag occurs on {args.min_count}+ images; lower --min-count",
               file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(vocab, f, indent=1)
+    from mawstron.core.data.shards import _write_atomic
+
+    _write_atomic(args.out, json.dumps(vocab, indent=1))  # never a half-written vocab.json
     top = ", ".join(f"{t} ({vocab['counts'][t]})" for t in vocab["tags"][:8])
-    print(f"{len(vocab['tags'])} tags (min count {args.min_count}) over {len(shards)} shards -> {args.out}; top: {top}")
+    print(f"{len(vocab['tags'])} tags (min count {args.min_count}) over {len(shards)} shards -> {args.out} in "
+          f"{time.perf_counter() - start:.1f} s ({args.engine}); top: {top}")
     return 0
 
 
 def run_index(args) -> int:
-    from mawstron.core.data.shards import build_index, expand_shards
+    from mawstron.core.data.jobs import index_job
+    from mawstron.core.data.shards import expand_shards
 
     try:
+        engine = engine_kwargs(args)
         shards = expand_shards(args.shards, what="--shards")
-    except ValueError as e:
+        _needs_index_dir(shards, args.index_dir, "mawstron data index")
+        results = index_job(shards, validate=not args.no_validate, index_dir=args.index_dir, force=args.force,
+                            **engine)
+    except (ValueError, OSError) as e:
         print(f"mawstron data index: {e}", file=sys.stderr)
         return 2
+    _print_shard_results(results)
+    return 0
+
+
+def _print_shard_results(results: list[dict]) -> None:
     total, bad = 0, {}
-    for shard in shards:
-        ix = build_index(shard, validate=not args.no_validate, index_dir=args.index_dir, force=args.force)
-        total += len(ix.samples)
-        for reason, n in ix.skipped.items():
+    for r in results:
+        total += r["samples"]
+        for reason, n in r["skipped"].items():
             bad[reason] = bad.get(reason, 0) + n
-        note = f"  skipped {dict(ix.skipped)}" if ix.skipped else ""
-        print(f"{shard}: {len(ix.samples)} samples -> {ix.index_path or '(no index: nothing usable)'}{note}")
-    print(f"{len(shards)} shards, {total} usable samples, skipped {sum(bad.values())} {bad}")
+        note = f"  skipped {r['skipped']}" if r["skipped"] else ""
+        print(f"{r['shard']}: {r['samples']} samples -> {r['path'] or '(nothing usable)'}{note}")
+    print(f"{len(results)} shards, {total} usable samples, skipped {sum(bad.values())} {bad}")
+
+
+def run_tags(args) -> int:
+    from mawstron.core.data.jobs import tag_ids_job
+    from mawstron.core.data.shards import Vocab, expand_shards
+
+    start = time.perf_counter()
+    try:
+        engine = engine_kwargs(args)
+        shards = expand_shards(args.shards, what="--shards")
+        _needs_index_dir(shards, args.index_dir, "mawstron data tags")
+        Vocab(args.vocab)
+        results = tag_ids_job(shards, vocab_path=args.vocab, validate=not args.no_validate,
+                              index_dir=args.index_dir, **engine)
+    except (ValueError, OSError) as e:
+        print(f"mawstron data tags: {e}", file=sys.stderr)
+        return 2
+    _print_shard_results(results)
+    print(f"tag ids of {sum(r['samples'] for r in results)} images for {args.vocab} in "
+          f"{time.perf_counter() - start:.1f} s: data.resample now reads one file per shard at start")
     return 0
 
 
@@ -123,7 +181,7 @@ def run_from_folder(args) -> int:
     start = time.perf_counter()
     try:
         entry = convert_folder(args.src, args.out, split=args.split, shard_size=args.shard_size,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, **engine_kwargs(args))
     except ValueError as e:
         print(f"mawstron data from-folder: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from .data_engine import add_engine_args, engine_kwargs
+
 
 def add_parser(sub) -> None:
     t = sub.add_parser("stats", help="natural vs re-sampled hashtag distribution (table + rank/share plot)")
@@ -16,19 +18,22 @@ def add_parser(sub) -> None:
     t.add_argument("--plot", default="", help="write the rank/share plot here (PNG; needs the plot extra)")
     t.add_argument("--json", default="", help="write every number here")
     t.add_argument("--top", type=int, default=10, help="rows printed from the head and from the tail")
+    add_engine_args(t)
     t.set_defaults(func=run_stats)
 
 
 def run_stats(args) -> int:
-    from mawstron.core.data.resample import collection_tag_sets, distribution_report, resample_power
+    from mawstron.core.data.jobs import tag_sets_job
+    from mawstron.core.data.resample import distribution_report, resample_power
     from mawstron.core.data.shards import Vocab, expand_shards
 
     try:
+        engine = engine_kwargs(args)
         shards = expand_shards(args.shards, what="--shards")
         vocab = Vocab(args.vocab)
         vocab.counts()
         power = resample_power(args.resample, args.power)
-        report = distribution_report(collection_tag_sets(shards, vocab), vocab, power)
+        report = distribution_report(tag_sets_job(shards, vocab_path=args.vocab, **engine), vocab, power)
     except (ValueError, OSError) as e:
         print(f"mawstron data stats: {e}", file=sys.stderr)
         return 2

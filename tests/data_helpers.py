@@ -42,3 +42,23 @@ def drop_member(path: str, name_to_drop: str) -> None:
 def make_collection(out: str, *, images: int = 64, shard_size: int = 16, size: int = 32, seed: int = 0,
                     eval_images: int = 30) -> dict:
     return synthesize(out, images=images, seed=seed, size=size, eval_images=eval_images, shard_size=shard_size)
+
+
+def tiny_jpeg(seed: int = 0, size: int = 16) -> bytes:
+    """A real JPEG of a flat colour (PIL)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), ((seed * 53) % 256, (seed * 97) % 256, (seed * 29) % 256)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def write_shard(path: str, members: list[tuple[str, bytes]]) -> str:
+    """A USTAR tar with exactly these members, in this order."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

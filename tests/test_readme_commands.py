@@ -43,6 +43,7 @@ EXPENSIVE = {
     r"^(python|\.venv/bin/python) benchmarks/": "benchmarks (minutes on a CPU)",
     r"^benchmarks/gpu_check\.sh(?!.*--dry-run)": "needs a GPU",
     r"\bpytest\b": "the test suite itself",
+    r"\bs3://|--ray-address\b": "object storage and a Ray cluster",
 }
 
 

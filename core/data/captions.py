@@ -49,11 +49,14 @@ def read_captions(shards: Sequence[str], limit: int = 0, *, validate: bool = Tru
     """The caption text of every usable sample of ``shards`` (at most ``limit`` if > 0), in shard order."""
     from ..text import caption_text
     from .shards import build_index, parse_meta
+    from .storage import open_shard
 
     seen = 0
     for shard in shards:
         index = build_index(shard, validate=validate, index_dir=index_dir)  # the index the loaders then reuse
-        with open(shard, "rb") as f:
+        if not index.samples:
+            continue
+        with open_shard(shard) as f:
             for s in index.samples:
                 f.seek(s.meta[0])
                 text = caption_text(parse_meta(f.read(s.meta[1]), s.meta_ext))

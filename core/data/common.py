@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from .shards import Sample, Vocab, assign_shards, build_index, expand_shards, parse_meta, read_num_classes
+from .resample import EpochDraws, flat_image_weights, flatten_tag_sets, rank_epoch_size, resample_power
+from .tag_ids import load_tag_ids, scan_tag_ids
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -76,9 +78,10 @@ class RankShards:
         if self.batches.captions and tokenizer is None:
             raise ValueError(f"stage {stage} needs a tokenizer for the captions")
         self.tokenizer = tokenizer
-        self.all_shards = expand_shards(cfg.shards)
+        self.all_shards = expand_shards(cfg.shards, check_remote=False)  # checked once by `mawstron train`
         self.paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
         self.cfg, self.rank = cfg, rank
+        self.tag_ids_used = 0  # shards whose precomputed tag ids served the last tag_ids()
         self.load_indexes(validate=cfg.validate)
         self.vocab = Vocab(cfg.vocab) if self.batches.labels == "hashtags" else None
         if self.vocab is not None:
@@ -108,8 +111,6 @@ class RankShards:
     def resample_draws(self, *, seed: int, world_size: int):
         """This rank's weighted epoch draws over ``self.samples`` for ``data.resample`` (resample.py), or
         ``None`` when the stream is not re-sampled (``data.resample=none``, or a stage without hashtags)."""
-        from .resample import EpochDraws, image_weights, rank_epoch_size, resample_power
-
         power = resample_power(self.cfg.resample, self.cfg.resample_power)
         if power is None:
             return None
@@ -117,14 +118,31 @@ class RankShards:
             raise ValueError(f"data.resample={self.cfg.resample} re-samples by hashtag, which only WSP has; "
                              f"use data.resample=none for {self.stage}")
         counts = self.vocab.counts()
-        tag_sets = []
-        for path, s in self.samples:
-            with open(path, "rb") as f:
-                f.seek(s.meta[0])
-                tag_sets.append(self.vocab.indices(parse_meta(f.read(s.meta[1]), s.meta_ext)))
-        weights = image_weights(tag_sets, counts, power)
+        weights = flat_image_weights(*self.tag_ids(), counts, power)
         size = rank_epoch_size(self.cfg.epoch_size, len(self.samples), world_size)
         return EpochDraws(weights, epoch_size=size, seed=seed, rank=self.rank)
+
+    def tag_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Known tag indices of each of ``self.samples`` as ``(lengths, ids)`` (resample.flatten_tag_sets): from
+        the precomputed tag ids beside each shard's index (``mawstron data tags``, tag_ids.py) where they exist,
+        else from every sample's metadata."""
+        lengths, ids = [], []
+        self.tag_ids_used = 0
+        for ix in self.usable:
+            found = load_tag_ids(ix, self.vocab)
+            if found is None:
+                found = flatten_tag_sets(scan_tag_ids(ix, self.vocab))
+            else:
+                self.tag_ids_used += 1
+            lengths.append(found[0])
+            ids.append(found[1])
+        lengths, ids = np.concatenate(lengths), np.concatenate(ids)
+        if self.sub_world == 1:
+            return lengths, ids
+        starts = np.cumsum(lengths) - lengths  # fewer shards than ranks: this rank's every sub_world-th sample
+        return flatten_tag_sets([ids[starts[i]:starts[i] + lengths[i]].tolist()
+                                 for i in range(self.sub_rank, len(lengths), self.sub_world)])
+
     def captions(self, metas: list[dict]) -> dict[str, torch.Tensor]:
         """Stage lit: the batch's captions as ``{"input_ids", "attention_mask"}`` (see core/text.py)."""
         from ..text import caption_text, tokenize

@@ -16,14 +16,19 @@ class DataConfig:
     """Where training images come from.  ``source="synthetic"`` needs nothing on disk."""
 
     source: str = "synthetic"
-    shards: str = ""  # webdataset tar shards: a glob, a brace pattern or a comma-separated list
+    # webdataset tar shards: a glob, a brace pattern or a comma-separated list; local, s3://bucket/prefix/... or
+    # https://host/path/... (brace patterns; s3 also globs)
+    shards: str = ""
     loader: str = "dali"  # "dali" or "torch" (PIL DataLoader) for source="shards"
     vocab: str = ""  # vocab.json for WSP (mawstron data vocab)
     num_workers: int = 2  # DALI threads or DataLoader worker processes
     dali_device: str = "auto"  # decoder device: "auto" (mixed with CUDA, cpu otherwise), "cpu" or "mixed"
     shuffle_buffer: int = 256  # samples in the shuffle buffer (DALI initial_fill); 0 or 1 reads in order
     validate: bool = True  # decode every image once with PIL when indexing a shard (cached); bad ones are skipped
-    index_dir: str = ""  # where index files go; "" = beside the shards (falls back to a temp folder if read-only)
+    # where index files (and precomputed tag ids) go; "" = beside local shards (a private temporary folder, removed
+    # at exit, for read-only folders and s3:// / https:// shards: set it to keep their indexes between runs)
+    index_dir: str = ""
+    max_open_shards: int = 64  # shard files the PyTorch loader keeps open per worker (least recently used closed)
     # WSP re-sampling of long-tailed hashtags (resample.py): none | sqrt | inverse; the power overrides the mode's
     # (sqrt 0.5, inverse 0); an epoch is a weighted draw with replacement of epoch_size images (0: all of them)
     resample: str = "none"
@@ -40,6 +45,8 @@ class DataConfig:
             raise ValueError(f"data.dali_device must be one of {DALI_DEVICES}, got {self.dali_device!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.max_open_shards < 1:
+            raise ValueError(f"data.max_open_shards must be >= 1, got {self.max_open_shards}")
         if self.shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         resample_power(self.resample, self.resample_power)

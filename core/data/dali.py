@@ -102,6 +102,10 @@ class DaliShardLoader:
 
     def __init__(self, cfg, *, stage, img_size, micro_batch, rank=0, world_size=1, seed=0, tokenizer=None):
         self.shards = RankShards(cfg, stage=stage, rank=rank, world_size=world_size, tokenizer=tokenizer)
+        web = [p for p in self.shards.paths if p.startswith(("http://", "https://"))]
+        if web:  # DALI's readers open local files and s3:// objects (AWS_ENDPOINT_URL), not http(s) URLs
+            raise ValueError(f"data.shards={cfg.shards!r}: DALI reads local and s3:// shards, not {web[0]}; use "
+                             f"data.loader=torch for https:// shards")
         self.num_classes = self.shards.num_classes
         self.stage, self.img_size, self.micro_batch = stage, img_size, micro_batch
         self.seed = seed * 1000 + rank

@@ -12,6 +12,7 @@ import io
 import torch
 
 from .shards import build_index, expand_shards, parse_meta
+from .storage import open_shard
 from .torch_loader import to_normalised_chw
 
 
@@ -54,7 +55,7 @@ class EvalLoader:
 
     def load_item(self, item) -> tuple[torch.Tensor, int]:
         path, s = item
-        with open(path, "rb") as f:
+        with open_shard(path) as f:
             f.seek(s.meta[0])
             label = parse_meta(f.read(s.meta[1]), s.meta_ext).get("label")
             if not isinstance(label, int):
@@ -68,7 +69,7 @@ class EvalLoader:
     def __iter__(self):
         images, labels = [], []
         for ix in self.indexes:
-            with open(ix.path, "rb") as f:
+            with open_shard(ix.path) as f:
                 for s in ix.samples:
                     f.seek(s.meta[0])
                     label = parse_meta(f.read(s.meta[1]), s.meta_ext).get("label")

@@ -24,6 +24,7 @@ import os
 import tarfile
 
 from .image_folder import IMAGE_SUFFIXES, is_image_folder, list_images, scan_image_folder
+from .jobs import run_tasks
 from .shards import build_index
 from .synth import _add as add_member
 
@@ -83,8 +84,22 @@ def _samples(src: str, manifest: dict) -> tuple[list[tuple[str, dict]], dict]:
     return [(p, _sidecar_meta(p)) for p in paths], {"layout": "images+sidecars"}
 
 
+def _write_folder_shard(job: tuple) -> dict:
+    """One output shard (the per-shard task on the engine): its samples as ``(image path, metadata, key)``,
+    written to ``path`` (through ``path.tmp``), then indexed."""
+    path, src, items, validate = job
+    with open(path + ".tmp", "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for image_path, meta, key in items:
+            record = {"key": key, "source": os.path.relpath(image_path, src), **meta}
+            add_member(tar, f"{key}.jpg", _jpeg_bytes(image_path))
+            add_member(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode())
+    os.replace(path + ".tmp", path)
+    ix = build_index(path, validate=validate, force=True)
+    return {"samples": len(ix.samples), "skipped": dict(ix.skipped)}
+
+
 def convert_folder(src: str, out: str, *, split: str = "train", shard_size: int = 1000, overwrite: bool = False,
-                   validate: bool = True) -> dict:
+                   validate: bool = True, engine: str = "local", workers: int = 1, ray_address: str = "") -> dict:
     """Write ``out/<split>-NNNNNN.tar`` and their indexes; returns this split's manifest entry."""
     if shard_size <= 0:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
@@ -105,25 +120,17 @@ def convert_folder(src: str, out: str, *, split: str = "train", shard_size: int 
         for stale in (path, path + ".idx", path + ".idx.json"):
             if os.path.exists(stale):
                 os.remove(stale)
-    shards = []
+    shards, jobs = [], []
     for k, start in enumerate(range(0, len(samples), shard_size)):
         name = f"{split}-{k:06d}.tar"
-        path = os.path.join(out, name)
-        with open(path + ".tmp", "wb") as raw, tarfile.open(fileobj=raw, mode="w",
-                                                             format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(start, min(start + shard_size, len(samples))):
-                image_path, meta = samples[i]
-                key = f"{i:09d}"
-                record = {"key": key, "source": os.path.relpath(image_path, src), **meta}
-                add_member(tar, f"{key}.jpg", _jpeg_bytes(image_path))
-                add_member(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode())
-        os.replace(path + ".tmp", path)
+        items = [(*samples[i], f"{i:09d}") for i in range(start, min(start + shard_size, len(samples)))]
+        jobs.append((os.path.join(out, name), src, items, validate))
         shards.append(name)
     usable, skipped = 0, {}
-    for name in shards:
-        ix = build_index(os.path.join(out, name), validate=validate, force=True)
-        usable += len(ix.samples)
-        for reason, n in ix.skipped.items():
+    for result in run_tasks(_write_folder_shard, jobs, engine=engine, workers=workers, ray_address=ray_address,
+                            what="from-folder"):
+        usable += result["samples"]
+        for reason, n in result["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + n
     entry = {"source": os.path.abspath(src), "images": len(samples), "usable": usable, "skipped": skipped,
              "shards": shards, **{k: v for k, v in layout.items() if k not in ("classes", "num_classes")}}

@@ -27,10 +27,14 @@ from the seed and the position, so a resumed run draws exactly what an uninterru
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-import tempfile
 
 import numpy as np
+
+from .shards import ShardIndex, _scan
+from .tag_ids import _vocab, scan_tag_ids
+from .storage import private_dir
 
 RESAMPLE_MODES = ("none", "sqrt", "inverse")
 DEFAULT_POWER = {"sqrt": 0.5, "inverse": 0.0}
@@ -55,13 +59,32 @@ def resample_power(mode: str, power: float = -1.0) -> float | None:
 
 def image_weights(tag_sets: list[list[int]], tag_counts: np.ndarray, power: float) -> np.ndarray:
     """``w_i`` of the module docstring for each image (``tag_sets[i]``: its known tag indices)."""
+    lengths, flat = flatten_tag_sets(tag_sets)
+    return flat_image_weights(lengths, flat, tag_counts, power)
+
+
+def flatten_tag_sets(tag_sets: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lengths, ids)``: each image's number of known tags, and all their indices one image after another."""
+    lengths = np.array(list(map(len, tag_sets)), dtype=np.int64)
+    return lengths, np.fromiter(itertools.chain.from_iterable(tag_sets), dtype=np.int64, count=int(lengths.sum()))
+
+
+def flat_image_weights(lengths: np.ndarray, flat: np.ndarray, tag_counts: np.ndarray, power: float) -> np.ndarray:
+    """``image_weights`` of the tag sets ``flatten_tag_sets`` made (precomputed tag ids come this way)."""
     counts = np.asarray(tag_counts, dtype=np.float64)
-    used = sorted({t for tags in tag_sets for t in tags})
-    if used and np.any(counts[used] <= 0):
+    if len(flat) and np.any(counts[np.unique(flat)] <= 0):
         raise ValueError("a tag on an image has no image count in the vocabulary; rebuild vocab.json with "
                          "`mawstron data vocab` over the same shards")
     factor = np.where(counts > 0, np.maximum(counts, 1.0) ** (power - 1.0), 0.0)
-    return np.array([factor[tags].sum() if len(tags) else 0.0 for tags in tag_sets], dtype=np.float64)
+    # one pass over all tags (bincount adds each image's factors in order, as factor[tags].sum() does for fewer
+    # than 8 tags; numpy's pairwise sum of 8 or more can round differently, so those few keep that sum and the
+    # weights stay bit-identical to a per-image sum)
+    weights = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=factor[flat],
+                          minlength=len(lengths)).astype(np.float64)
+    starts = np.cumsum(lengths) - lengths
+    for i in np.flatnonzero(lengths >= 8):
+        weights[i] = factor[flat[starts[i]:starts[i] + lengths[i]]].sum()
+    return weights
 
 
 def tag_shares(tag_sets: list[list[int]], num_tags: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -120,25 +143,23 @@ def rank_epoch_size(epoch_size: int, num_rank_samples: int, world_size: int) -> 
 
 
 def resample_dir(index_dir: str, key: str) -> str:
-    """Where a re-sampled loader's index files go (deterministic, so a resumed run rewrites the same files)."""
-    base = index_dir or os.path.join(tempfile.gettempdir(), "mawstron-resample")
+    """Where a re-sampled loader's index files go (deterministic under ``data.index_dir``, so a resumed run
+    rewrites the same files; without it a private folder of this process, removed at exit)."""
+    base = os.path.join(index_dir, "resample") if index_dir else private_dir("resample")
     path = os.path.join(base, hashlib.sha1(key.encode()).hexdigest()[:16])
     os.makedirs(path, exist_ok=True)
     return path
 
 
+def shard_tag_sets(shard: str, vocab_path: str) -> list[list[int]]:
+    """The known tag indices of every usable image of one shard: the per-shard task of ``mawstron data stats``."""
+    samples, skipped = _scan(shard, validate=False)
+    return scan_tag_ids(ShardIndex(shard, "", samples, skipped), _vocab(vocab_path))
+
+
 def collection_tag_sets(shards: list[str], vocab) -> list[list[int]]:
     """The known tag indices of every usable image of ``shards`` (what ``mawstron data stats`` weighs)."""
-    from .shards import _scan, parse_meta
-
-    out = []
-    for shard in shards:
-        samples, _ = _scan(shard, validate=False)
-        with open(shard, "rb") as f:
-            for s in samples:
-                f.seek(s.meta[0])
-                out.append(vocab.indices(parse_meta(f.read(s.meta[1]), s.meta_ext)))
-    return out
+    return [t for shard in shards for t in shard_tag_sets(shard, vocab.path)]
 
 
 def distribution_report(tag_sets: list[list[int]], vocab, power: float) -> dict:

@@ -12,7 +12,13 @@ same index, so both skip exactly the same bad samples:
 * ``missing_json``: an image without its ``.json``/``.txt``;
 * ``missing_image``: metadata without an image;
 * ``truncated_shard``: the tar ends inside a member (the samples before the cut are kept);
-* ``unreadable_shard``: the file cannot be opened or is not a tar.
+* ``unreadable_shard``: the file cannot be opened or is not a tar;
+* ``bad_json``: the ``.json`` does not parse (any error: bad UTF-8, bad syntax, nesting too deep to parse);
+* ``bad_name``: the sample's key holds whitespace or a control character, which the ``.idx`` line format (fields
+  separated by spaces, one sample per line) cannot carry: the sample is left out rather than mis-indexed.
+
+Shards may be local files or ``s3://`` / ``https://`` objects (storage.py); the index files of remote shards
+live under ``data.index_dir`` (or a private temporary folder).
 """
 
 from __future__ import annotations
@@ -25,15 +31,18 @@ import os
 import re
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from .storage import filesystem, is_remote, open_shard, private_dir, read_range, shard_size, shard_stamp
 
 IMAGE_EXTS = ("jpg", "jpeg")
 META_EXTS = ("json", "txt")
 INDEX_VERSION = "v1.2"
 SIDECAR_VERSION = 1
 SYNTH_HINT = "create a synthetic collection with `mawstron data synth --out DIR` and pass data.shards=DIR/train-*.tar"
-SKIP_REASONS = ("corrupt_jpeg", "missing_json", "missing_image", "bad_json", "truncated_shard", "unreadable_shard",
-                "decode_error")
+SKIP_REASONS = ("corrupt_jpeg", "missing_json", "missing_image", "bad_json", "bad_name", "truncated_shard",
+                "unreadable_shard", "decode_error")
 _HASHTAG = re.compile(r"#(\w+)", re.UNICODE)
 
 
@@ -54,15 +63,23 @@ def _expand_braces(pattern: str) -> list[str]:
     return [p for o in options for p in _expand_braces(head + o + tail)]
 
 
-def expand_shards(spec: str, what: str = "data.shards") -> list[str]:
+def expand_shards(spec: str, what: str = "data.shards", *, check_remote: bool = True) -> list[str]:
     """The shard files named by ``spec``: a glob, a brace pattern or a comma-separated list of those.
 
-    Raises ValueError naming the pattern and the fix when nothing matches or a listed file is missing."""
+    Raises ValueError naming the pattern and the fix when nothing matches or a listed file is missing.
+    ``check_remote=False`` expands an ``s3://`` / ``https://`` brace pattern without asking the store whether
+    each object exists (the ranks of a run, after ``mawstron train`` checked it once: 256 ranks listing 300,000
+    objects each would only load the store; a shard gone since is counted as ``unreadable_shard``)."""
     if not spec or not spec.strip():
         raise ValueError(f"{what} is empty: name webdataset tar shards (a glob such as DIR/train-*.tar); "
                          f"{SYNTH_HINT}")
     out: list[str] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()] if "{" not in spec else [spec.strip()]:
+        if is_remote(part):
+            names = _expand_braces(part)
+            out.extend(names if not check_remote and not any(c in part for c in "*?[")
+                       else _expand_remote(part, spec, what))
+            continue
         for name in _expand_braces(part):
             if any(c in name for c in "*?["):
                 matches = sorted(glob.glob(name))
@@ -76,6 +93,67 @@ def expand_shards(spec: str, what: str = "data.shards") -> list[str]:
             else:
                 out.append(name)
     return list(dict.fromkeys(out))
+
+
+def _expand_remote(part: str, spec: str, what: str) -> list[str]:
+    """The objects of one ``s3://`` / ``https://`` brace pattern (s3 also takes globs), each checked to exist:
+    S3 by listing each prefix once, HTTP by one HEAD request per URL.  One line naming the first missing object
+    (a hole in a brace range, a missing bucket, a refused access) when any is missing."""
+    names = _expand_braces(part)
+    protocol = part.split("://", 1)[0]
+    fs = filesystem(part)
+    try:
+        if protocol == "s3":
+            found: list[str] = []
+            for name in names:
+                if any(c in name for c in "*?["):
+                    matches = sorted(f"s3://{m}" for m in fs.glob(name))
+                    if not matches:
+                        raise ValueError(f"{what}={spec!r}: no object matches {name!r}")
+                    found.extend(matches)
+                else:
+                    found.append(name)
+            listings: dict[str, set] = {}
+            for name in found:
+                folder = name[len("s3://"):].rsplit("/", 1)[0]
+                if folder not in listings:
+                    listings[folder] = set(fs.ls(folder, detail=False, refresh=True))
+            missing = [n for n in found if n[len("s3://"):] not in listings[n[len("s3://"):].rsplit("/", 1)[0]]]
+            names = found
+        else:
+            if any(c in part for c in "*?["):
+                raise ValueError(f"{what}={spec!r}: {protocol}:// shards are named by a brace pattern such as "
+                                 f"https://host/path/train-{{000000..000119}}.tar, not a glob")
+            def absent(url: str) -> bool:  # a HEAD request; errors other than "not found" are raised
+                try:
+                    fs.info(url)
+                    return False
+                except FileNotFoundError as e:  # fsspec says "not found" for a refused connection too
+                    cause = e.__cause__
+                    status = getattr(cause, "status", None)
+                    if status in (401, 403):
+                        raise PermissionError(f"{url}: HTTP {status}") from None
+                    if cause is not None and not isinstance(cause, FileNotFoundError) and status not in (404, 410):
+                        raise OSError(f"{type(cause).__name__}: {cause}") from None
+                    return True
+
+            with ThreadPoolExecutor(8) as pool:
+                missing = [n for n, gone in zip(names, pool.map(absent, names)) if gone]
+    except FileNotFoundError as e:
+        raise ValueError(f"{what}={spec!r}: not found ({str(e).splitlines()[0][:200] if str(e) else 'no such bucket'}"
+                         f"): check the bucket and prefix (and AWS_ENDPOINT_URL for an S3-compatible store)") from None
+    except PermissionError as e:
+        raise ValueError(f"{what}={spec!r}: access refused ({str(e).splitlines()[0][:200]}); check the credentials "
+                         f"(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy") from None
+    except (OSError, RuntimeError) as e:  # connection refused, DNS, timeouts (aiohttp/botocore)
+        raise ValueError(f"{what}={spec!r}: cannot reach {protocol}:// storage ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); check the URL"
+                         f"{' and AWS_ENDPOINT_URL' if protocol == 's3' else ''}") from None
+    if missing:
+        hole = ", a hole in the brace range" if ".." in part and len(missing) < len(names) else ""
+        raise ValueError(f"{what}={spec!r}: {missing[0]!r} does not exist ({len(missing)} of {len(names)} named "
+                         f"objects missing{hole}); fix the pattern or upload the missing shards")
+    return names
 
 
 def assign_shards(shards: list[str], rank: int, world_size: int) -> tuple[list[str], int, int]:
@@ -108,8 +186,8 @@ def tar_members(path: str):
 
     Raises TruncatedShard (after yielding what came before) if the file ends inside a member, ValueError if it
     is not a tar at all."""
-    file_size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    file_size = shard_size(path)
+    with open_shard(path) as f:
         offset, long_name, first = 0, None, True
         while True:
             f.seek(offset)
@@ -157,6 +235,11 @@ def split_key(name: str) -> tuple[str, str]:
     return os.path.join(directory, stem) if directory else stem, ext.lower()
 
 
+def index_safe_key(key: str) -> bool:
+    """A key the ``.idx`` line format can carry: no whitespace, no control character."""
+    return bool(key) and not any(c.isspace() or not c.isprintable() for c in key)
+
+
 def looks_like_jpeg(data: bytes) -> bool:
     """Start-of-image marker at the front and end-of-image marker at the end (allowing trailing padding)."""
     return len(data) > 4 and data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" in data[-64:]
@@ -192,8 +275,10 @@ class ShardIndex:
 
 def index_path_for(shard: str, index_dir: str = "") -> str:
     if index_dir:
-        digest = hashlib.sha1(os.path.abspath(shard).encode()).hexdigest()[:10]
+        digest = hashlib.sha1((shard if is_remote(shard) else os.path.abspath(shard)).encode()).hexdigest()[:10]
         return os.path.join(index_dir, f"{os.path.basename(shard)}.{digest}.idx")
+    if is_remote(shard):  # never beside a remote object: a private local folder
+        return index_path_for(shard, private_dir("index"))
     return shard + ".idx"
 
 
@@ -218,9 +303,12 @@ def _scan(path: str, validate: bool) -> tuple[list[Sample], Counter]:
         skipped["unreadable_shard"] += 1
         return [], skipped
     samples = []
-    with open(path, "rb") as f:
+    with open_shard(path) as f:
         for key in order:
             parts = groups[key]
+            if not index_safe_key(key):
+                skipped["bad_name"] += 1
+                continue
             image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
             meta_ext = next((e for e in META_EXTS if e in parts), None)
             if image_ext is None:
@@ -231,7 +319,12 @@ def _scan(path: str, validate: bool) -> tuple[list[Sample], Counter]:
                 continue
             off, size = parts[image_ext]
             f.seek(off)
-            data = f.read(size)
+            if validate or size <= 128:
+                data = f.read(size)
+            else:  # the marker check needs the first 3 and the last 64 bytes, not the whole image
+                head = f.read(3)
+                f.seek(off + size - 64)
+                data = head + f.read(64)
             if not looks_like_jpeg(data) or (validate and not decodes_with_pil(data)):
                 skipped["corrupt_jpeg"] += 1
                 continue
@@ -239,7 +332,7 @@ def _scan(path: str, validate: bool) -> tuple[list[Sample], Counter]:
                 f.seek(parts["json"][0])
                 try:
                     json.loads(f.read(parts["json"][1]).decode("utf-8"))
-                except (UnicodeDecodeError, ValueError):
+                except Exception:  # bad UTF-8 or syntax, RecursionError from deep nesting: this sample's error
                     skipped["bad_json"] += 1
                     continue
             samples.append(Sample(key, parts[image_ext], meta_ext, parts[meta_ext]))
@@ -270,8 +363,7 @@ def build_index(shard: str, *, validate: bool = True, index_dir: str = "", force
     idx = index_path_for(shard, index_dir)
     sidecar = idx + ".json"
     try:
-        st = os.stat(shard)
-        stamp = [st.st_size, int(st.st_mtime_ns)]
+        stamp = shard_stamp(shard)
     except OSError:
         return ShardIndex(shard, "", [], Counter(unreadable_shard=1))
     if not force and os.path.exists(idx) and os.path.exists(sidecar):
@@ -290,22 +382,20 @@ def build_index(shard: str, *, validate: bool = True, index_dir: str = "", force
     try:
         _write_atomic(idx, _index_text(samples, {}))
         _write_atomic(sidecar, json.dumps({
-            "version": SIDECAR_VERSION, "shard": os.path.abspath(shard), "stamp": stamp, "validated": validate,
+            "version": SIDECAR_VERSION, "shard": shard if is_remote(shard) else os.path.abspath(shard),
+            "stamp": stamp, "validated": validate,
             "skipped": dict(skipped), "samples": [[s.key, list(s.image), s.meta_ext, list(s.meta)] for s in samples],
         }))
-    except OSError:  # read-only data folder: index into a private cache instead
+    except OSError:  # read-only data folder: index into this process's private folder instead
         if not index_dir:
-            return build_index(shard, validate=validate, force=force,
-                               index_dir=os.path.join(tempfile.gettempdir(), "mawstron-index"))
+            return build_index(shard, validate=validate, force=force, index_dir=private_dir("index"))
         raise
     return ShardIndex(shard, idx, samples, skipped)
 
 
 # ------------------------------------------------------------------------------------------------ tags
 def read_bytes(path: str, span: tuple[int, int]) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(span[0])
-        return f.read(span[1])
+    return read_range(path, span[0], span[1])
 
 
 def parse_meta(raw: bytes, ext: str) -> dict:
@@ -315,7 +405,7 @@ def parse_meta(raw: bytes, ext: str) -> dict:
         return {"caption": text}
     try:
         meta = json.loads(text)
-    except ValueError:
+    except Exception:  # ValueError, RecursionError: a sample's metadata never takes its reader down
         return {}
     return meta if isinstance(meta, dict) else {}
 
@@ -344,29 +434,43 @@ def load_synonyms(path: str) -> dict[str, str]:
     return {k.lstrip("#").lower(): v.lstrip("#").lower() for k, v in data.items()}
 
 
+def shard_hashtags(shard: str, synonyms: dict[str, str]) -> tuple[Counter, Counter, int]:
+    """One shard's canonical hashtag counts (once per image), what was skipped, and its usable images: the task
+    that ``mawstron data vocab`` runs per shard on its engine."""
+    counts: Counter = Counter()
+    samples, skipped = _scan(shard, validate=False)
+    if samples:
+        with open_shard(shard) as f:
+            for s in samples:
+                f.seek(s.meta[0])
+                meta = parse_meta(f.read(s.meta[1]), s.meta_ext)
+                counts.update({canonical(t, synonyms) for t in raw_hashtags(meta)} - {""})
+    return counts, skipped, len(samples)
+
+
 def count_hashtags(shards: list[str], synonyms: dict[str, str]) -> tuple[Counter, Counter]:
     """Canonical hashtag counts (once per image) over the usable samples of ``shards``, and skipped counts."""
     counts: Counter = Counter()
     skipped: Counter = Counter()
     for shard in shards:
-        samples, bad = _scan(shard, validate=False)
+        c, bad, _ = shard_hashtags(shard, synonyms)
+        counts.update(c)
         skipped.update(bad)
-        if not samples:
-            continue
-        with open(shard, "rb") as f:
-            for s in samples:
-                f.seek(s.meta[0])
-                meta = parse_meta(f.read(s.meta[1]), s.meta_ext)
-                counts.update({canonical(t, synonyms) for t in raw_hashtags(meta)} - {""})
     return counts, skipped
 
 
-def build_vocab(shards: list[str], *, min_count: int = 1, synonyms: dict[str, str] | None = None) -> dict:
-    synonyms = synonyms or {}
-    counts, skipped = count_hashtags(shards, synonyms)
+def vocab_from_counts(counts: Counter, skipped: Counter, *, shards: int, min_count: int,
+                      synonyms: dict[str, str]) -> dict:
+    """vocab.json's content; depends only on the totals, so every engine and worker count writes the same bytes."""
     kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
-    return {"tags": kept, "counts": {t: counts[t] for t in kept}, "synonyms": synonyms, "min_count": min_count,
-            "images_skipped": dict(skipped), "shards": len(shards)}
+    return {"tags": kept, "counts": {t: counts[t] for t in kept}, "synonyms": dict(sorted(synonyms.items())),
+            "min_count": min_count, "images_skipped": {r: skipped[r] for r in sorted(skipped) if skipped[r]},
+            "shards": shards}
+
+
+def build_vocab(shards: list[str], *, min_count: int = 1, synonyms: dict[str, str] | None = None) -> dict:
+    counts, skipped = count_hashtags(shards, synonyms or {})
+    return vocab_from_counts(counts, skipped, shards=len(shards), min_count=min_count, synonyms=synonyms or {})
 
 
 class Vocab:
@@ -388,6 +492,9 @@ class Vocab:
         self.path, self.tag_counts = path, data.get("counts") or {}
         self.synonyms = {k.lower(): v.lower() for k, v in (data.get("synonyms") or {}).items()}
         self.index = {t: i for i, t in enumerate(self.tags)}
+        # identifies the tag -> index mapping (tags and synonyms): precomputed tag ids record the one they used
+        key = json.dumps([self.tags, sorted(self.synonyms.items())]).encode()
+        self.fingerprint = hashlib.sha1(key).hexdigest()[:16]
 
     def __len__(self):
         return len(self.tags)
@@ -418,7 +525,7 @@ def read_num_classes(shards: list[str]) -> int:
     top = -1
     for shard in shards:
         samples, _ = _scan(shard, validate=False)
-        with open(shard, "rb") if samples else open(os.devnull, "rb") as f:
+        with open_shard(shard) if samples else open(os.devnull, "rb") as f:
             for s in samples:
                 f.seek(s.meta[0])
                 label = parse_meta(f.read(s.meta[1]), s.meta_ext).get("label")

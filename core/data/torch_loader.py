@@ -20,6 +20,7 @@ import torch
 from .common import CROP_RATIO, RankShards, WorkerStridedBatches, check_resample_state, crop_scale
 from .loader import IMAGENET_MEAN, IMAGENET_STD
 from .shards import parse_meta
+from .storage import OpenFiles
 
 _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32) * 255
 _STD = np.array(IMAGENET_STD, dtype=np.float32) * 255
@@ -69,15 +70,8 @@ class _BatchStream(WorkerStridedBatches):
         self.draws = draws  # data.resample: position p is draw p of the weighted epoch draws instead
         self.seed, self.rank, self.start = seed, rank, start
         self.scale = crop_scale(shards.cfg, shards.stage)
-        self._files: dict[str, object] = {}
+        self.files = OpenFiles(getattr(shards.cfg, "max_open_shards", 64))
         self._perms: dict[int, np.ndarray] = {}
-
-    def _read(self, path, span):
-        f = self._files.get(path)
-        if f is None:
-            f = self._files[path] = open(path, "rb")
-        f.seek(span[0])
-        return f.read(span[1])
 
     def _sample_at(self, n: int, position: int) -> int:
         if self.draws is not None:
@@ -97,9 +91,12 @@ class _BatchStream(WorkerStridedBatches):
             i = self._sample_at(n, p)
             for attempt in range(n):  # a sample that fails now (not caught by the index) is replaced by the next
                 path, s = self.shards.samples[(i + attempt) % n]
+                # reading is outside the guard: a shard that cannot be opened or read (file handles, network) is
+                # an error of the run, not a bad sample to skip
+                image_bytes, meta_bytes = self.files.read(path, s.image), self.files.read(path, s.meta)
                 try:
-                    images.append(train_transform(self._read(path, s.image), rng, self.size, self.scale))
-                    metas.append(parse_meta(self._read(path, s.meta), s.meta_ext))
+                    images.append(train_transform(image_bytes, rng, self.size, self.scale))
+                    metas.append(parse_meta(meta_bytes, s.meta_ext))
                     break
                 except Exception:
                     skips[("decode_error", path)] += 1
