@@ -26,14 +26,15 @@ def autocast_for(device: torch.device | str, precision: str = "auto"):
 @torch.no_grad()
 def extract_features(model: VisionTransformer, batches, pool: str = "token", device: str | torch.device = "cpu",
                      dtype: torch.dtype | None = None, precision: str = "fp32",
-                     on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+                     on_batch=None, encode=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [N, D] float32 on CPU, labels [N] int64)`` over ``batches`` of ``{"images", "labels"}``.
 
     ``pool="token"``: the class token after the final norm (what MAWS and timm classifiers use);
     ``pool="avg"``: the mean of the patch tokens after the final norm (often better for MAE encoders, whose
     class token is not trained by a classification loss).  The model must already be on ``device``; images are
     moved there in the model's parameter dtype (or ``dtype``), and ``precision`` picks the autocast
-    (:func:`autocast_for`).  ``on_batch(images_done)`` is called after each batch (progress).
+    (:func:`autocast_for`).  ``on_batch(images_done)`` is called after each batch (progress).  ``encode(images)``
+    replaces the pooled ViT features (e.g. a CLIP model's ``encode_images``).
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -47,8 +48,12 @@ def extract_features(model: VisionTransformer, batches, pool: str = "token", dev
     try:
         for batch in batches:
             with autocast_for(device, precision):
-                tokens = model.forward_features(batch["images"].to(device=device, dtype=dtype, non_blocking=True))
-                pooled = tokens[:, 0] if pool == "token" else tokens[:, 1:].float().mean(1)
+                images = batch["images"].to(device=device, dtype=dtype, non_blocking=True)
+                if encode is not None:
+                    pooled = encode(images)
+                else:
+                    tokens = model.forward_features(images)
+                    pooled = tokens[:, 0] if pool == "token" else tokens[:, 1:].float().mean(1)
             feats.append(pooled.float().cpu())
             labels.append(batch["labels"].long().cpu())
             done += len(labels[-1])
