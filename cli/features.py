@@ -55,6 +55,7 @@ def run(args, argv: list[str] | None = None) -> int:
         workers = args.workers
         if workers is None:
             workers = min(8, len(os.sched_getaffinity(0)) // ranks.world) if ranks.device.type == "cuda" else 0
+        ranks.join()
         feats, labels = extract_split(model, loader, ranks, split="images", pool=args.pool, precision=args.precision,
                                       batch_size=args.batch_size, workers=workers)
     except (ValueError, FileNotFoundError) as e:

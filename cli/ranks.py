@@ -53,13 +53,15 @@ def launch_command(args, argv: list[str]) -> list[str] | None:
     nodes, or None when it runs in this process (one rank, or already a launched rank)."""
     if is_rank() or (args.gpus <= 1 and not args.hostfile):
         return None
-    from mawstron.parallel.console import launcher_log_args
+    from mawstron.parallel.console import is_verbose
 
     from .train import _free_port
 
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
     exe = shutil.which("mawstron") or os.path.join(os.path.dirname(sys.executable), "mawstron")
-    cmd = [launcher, *launcher_log_args(), "--no_local_rank"]  # ranks read LOCAL_RANK from the environment
+    # the runner's own warnings (e.g. no hostfile: this node only) would land on stdout, which is the result's
+    quiet = [] if is_verbose() else ["--log_level", "error"]
+    cmd = [launcher, *quiet, "--no_local_rank"]  # ranks read LOCAL_RANK from the environment
     if args.hostfile:
         cmd += ["--hostfile", args.hostfile]
     if args.gpus > 1:

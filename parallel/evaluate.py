@@ -100,6 +100,10 @@ class Ranks:
             self.device = torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
             torch.cuda.set_device(self.device)
         self.started_group = False
+
+    def join(self) -> None:
+        """Join the other ranks' process group (gloo on CPU, NCCL on GPUs): after every check that could fail,
+        so that a bad input ends every rank with the same message instead of a hang in a collective."""
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world)
@@ -147,7 +151,7 @@ def split_batches(loader, items, batch_size: int, workers: int):
 
 def check_rank_count(n: int, world: int, split: str) -> None:
     if n < world:
-        raise ValueError(f"the {split} split has {n} images for {world} ranks: every rank needs at least one; "
+        raise ValueError(f"{split} has {n} images for {world} ranks: every rank needs at least one; "
                          f"use --gpus {max(1, n)} or fewer")
 
 
@@ -157,7 +161,7 @@ def extract_split(model, loader, ranks: Ranks, *, split: str, pool: str = "token
     others): each rank extracts its share, rank 0 gathers the shares in rank order."""
     items = loader.items()
     n = len(items)
-    check_rank_count(n, ranks.world, split)
+    check_rank_count(n, ranks.world, f"the {split} split")
     start, stop = ranks.share(n)
     ranks.log(f"{split}: extracting images {start}..{stop - 1} of {n} ({stop - start} images) on {ranks.device}")
     x, y = extract_features(model, split_batches(loader, items[start:stop], batch_size, workers), pool=pool,
@@ -210,10 +214,11 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
         train_loader = build_eval_loader(data, img_size=img, batch_size=batch_size, shards=train_shards)
         test_loader = build_eval_loader(data, img_size=img, batch_size=batch_size, shards=test_shards)
         align_classes(train_loader, test_loader)  # ImageFolders: the test split numbered by train's class folders
-        for what, split in (("training", train_loader), ("test", test_loader)):
-            check_rank_count(split.num_images, ranks.world, what)
+        for what, split, path in (("training", train_loader, train_shards), ("test", test_loader, test_shards)):
+            check_rank_count(split.num_images, ranks.world, f"the {what} split {path}")
         if workers is None:
             workers = min(8, len(os.sched_getaffinity(0)) // max(1, ranks.world)) if ranks.device.type == "cuda" else 0
+        ranks.join()
         kw = dict(pool=pool, precision=precision, batch_size=batch_size, workers=workers)
         train_x, train_y = extract_split(model, train_loader, ranks, split="training", **kw)
         test_x, test_y = extract_split(model, test_loader, ranks, split="test", **kw)

@@ -142,10 +142,11 @@ def evaluate_zero_shot(checkpoint: str, test_shards: str, *, classnames: str = "
         imagenet = len(names) == 1000 and not classnames
         loader = build_eval_loader(DataConfig(source="shards", loader="torch"), img_size=model.config.img_size,
                                    batch_size=batch_size, shards=test_shards)
-        check_rank_count(loader.num_images, ranks.world, "test")
+        check_rank_count(loader.num_images, ranks.world, f"the test split {test_shards}")
         prompts = read_templates(templates, imagenet)
         if workers is None:
             workers = min(8, len(os.sched_getaffinity(0)) // max(1, ranks.world)) if ranks.device.type == "cuda" else 0
+        ranks.join()
         feats, labels = extract_split(model, loader, ranks, split="test", precision=precision, batch_size=batch_size,
                                       workers=workers, encode=model.encode_images)
         if not ranks.first:

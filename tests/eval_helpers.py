@@ -15,9 +15,10 @@ COLOURS = ((200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40))
 
 
 def make_imagenet_tree(root: str, *, train_per_class: int = 6, val_per_class: int = 3, size: int = 32,
-                       classes=WNIDS, seed: int = 0) -> str:
-    """``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG``: each class a colour plus noise, so that
-    even a random encoder's features separate them a little."""
+                       classes=WNIDS, seed: int = 0, noise: float = 40.0,
+                       contrast: float = 1.0) -> str:
+    """``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG``: each class a colour (``contrast`` of it
+    over grey) plus pixel noise, so that even a random encoder's features separate them, some of the time."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -26,7 +27,7 @@ def make_imagenet_tree(root: str, *, train_per_class: int = 6, val_per_class: in
             folder = os.path.join(root, split, wnid)
             os.makedirs(folder, exist_ok=True)
             for i in range(per):
-                pixels = np.clip(np.array(COLOURS[c % len(COLOURS)]) + rng.normal(0, 40, (size, size, 3)), 0, 255)
+                pixels = np.clip(128 + contrast * (np.array(COLOURS[c % len(COLOURS)]) - 128) + rng.normal(0, noise, (size, size, 3)), 0, 255)
                 Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"{wnid}_{i}.JPEG"), quality=90)
     return root
 

@@ -29,6 +29,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,7 +88,9 @@ def _as_tensor(x) -> torch.Tensor:
     """A tensor view of features: torch tensors as they are, NumPy arrays (memmaps included) without a copy."""
     if isinstance(x, torch.Tensor):
         return x
-    return torch.from_numpy(np.asarray(x))
+    with warnings.catch_warnings():  # a read-only memmap: the probe only reads it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(x))
 
 
 def feature_stats(x, chunk_rows: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
