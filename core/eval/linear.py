@@ -141,10 +141,14 @@ def plan_storage(n: int, d: int, c: int, device: torch.device, compute: torch.dt
             return dtype
     need = n * d * 2 + work
     raise ProbeMemoryError(
-        f"linear probe: {n:,} x {d:,} training features with {c:,} classes need {need / 2**30:.2f} GiB on {device} "
-        f"even in float16 ({n * d * 2 / 2**30:.2f} GiB features + {work / 2**30:.2f} GiB working memory), and "
-        f"{free / 2**30:.2f} GiB is free: probe on a device with more memory (--device cuda), free memory, or fit "
-        f"on fewer training images")
+        f"linear probe: {n:,} x {d:,} features (training and test) with {c:,} classes need {_size(need)} on "
+        f"{device} even in float16 ({_size(n * d * 2)} features + {_size(work)} working memory), and "
+        f"{_size(free)} is free: probe on a device with more memory (--device cuda), free memory, or fit on fewer "
+        f"training images")
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 class _Rows:
