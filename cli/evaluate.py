@@ -6,12 +6,13 @@ import json
 import os
 import sys
 
-from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank
+from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="linear probe + k-shot of a checkpoint on labelled shards")
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder (ZeRO-3) or a consolidated file")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder (ZeRO-3), a consolidated file, "
+                   "or a released name (maws_vit_h14; `mawstron weights list`)")
     p.add_argument("--data", default="", help="a `mawstron data synth` folder (DATA/eval-{train,test}-*.tar) or an "
                    "ImageNet-style tree: DATA/train/ and DATA/val/ as class folders or as webdataset shards")
     p.add_argument("--train-shards", default="", help="labelled shards to fit the probes on (overrides --data)")
@@ -63,6 +64,7 @@ def run(args, argv: list[str] | None = None) -> int:
         train, test = args.train_shards or tree_train, args.test_shards or tree_test
     cmd = launch_command(args, sys.argv[1:] if argv is None else argv)
     if cmd:
+        prefetch_release(args.checkpoint)
         exec_launcher(cmd, args.device)
     if args.zero_shot:
         return run_zero_shot(args, test)

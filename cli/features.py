@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank
+from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release
 
 
 def add_parser(subparsers):
@@ -45,6 +45,7 @@ def run(args, argv: list[str] | None = None) -> int:
         return 2
     cmd = launch_command(args, sys.argv[1:] if argv is None else argv)
     if cmd:
+        prefetch_release(args.checkpoint)
         exec_launcher(cmd, args.device)
     ranks = Ranks(args.device)
     try:

@@ -83,6 +83,14 @@ def check_rank_args(args, command: str) -> str | None:
     return None
 
 
+def prefetch_release(checkpoint: str) -> None:
+    """A released name is downloaded here, once, before the ranks start (they then find it in the cache)."""
+    from mawstron.core.hub import RELEASES, get_weights
+
+    if checkpoint in RELEASES and not os.path.exists(checkpoint):
+        print(f"[mawstron] {checkpoint}: {get_weights(checkpoint)}", file=sys.stderr, flush=True)
+
+
 def exec_launcher(cmd: list[str], device: str) -> None:
     import torch
 

@@ -26,6 +26,7 @@ from mawstron.core.data.image_folder import align_classes
 from mawstron.core.eval import extract_features, few_shot
 from mawstron.core.eval.features import PRECISIONS
 from mawstron.core.eval.linear import DEFAULT_L2_GRID, PROBES, resolve_device, run_probe
+from mawstron.core.hub import RELEASES, get_weights, release
 
 from .build import read_checkpoint_weights, split_encoder
 from .checkpoint import complete_tags, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint, tag_for_step
@@ -72,9 +73,24 @@ def load_encoder_from_checkpoint(checkpoint: str, tag: str | None = None, dtype:
     """The checkpoint's encoder as a plain ``core`` ViT (no head), weights loaded strictly, in eval mode.
     ``tag`` picks a step of a ZeRO checkpoint folder (``step_00000400``; default: the one ``latest`` names).
     ``dtype=torch.bfloat16`` builds the model in bf16 before the weights are copied in: half the memory of an
-    fp32 encoder besides the checkpoint's own tensors (ViT-6.5B: 13 GB instead of 26 GB)."""
+    fp32 encoder besides the checkpoint's own tensors (ViT-6.5B: 13 GB instead of 26 GB).  A released name
+    (``maws_vit_h14``, ``mae_vit_l16``, ...; `mawstron weights list`) is downloaded once into the cache."""
+    if not os.path.exists(checkpoint) and checkpoint in RELEASES:
+        if tag:
+            raise ValueError(f"--tag picks a step of a run's checkpoints/ folder; {checkpoint!r} is a released name")
+        r = release(checkpoint)
+        overrides = {k: v for k, v in r.vit_overrides.items() if k != "num_classes"}  # the encoder, no head
+        model = create_vit(r.preset, **overrides).to(dtype)
+        path = get_weights(checkpoint)
+        encoder, _ = split_encoder(read_checkpoint_weights(path))
+        try:
+            load_pretrained(model, encoder)
+        except RuntimeError as e:
+            raise ValueError(f"{checkpoint} ({path}): {e}") from None
+        return model.eval()
     if not os.path.exists(checkpoint):
-        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist (nor is it a released name: "
+                                f"`mawstron weights list`)")
     checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     tag = checkpoint_tag(checkpoint, tag)
     model_cfg = model_config_of(checkpoint, tag)
