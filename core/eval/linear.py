@@ -174,18 +174,36 @@ class _Rows:
             yield i, j, self.data[i:j].to(self.compute)
 
 
+_MATMUL_THREADS = 1  # threads for the loss and gradient products of the fit in progress (see _threads)
+
+
 @contextlib.contextmanager
 def _threads(work: float, device: torch.device):
-    """All CPU threads for large fits, one for small ones (many small matrix products on a shared CPU spend
-    their time spin-waiting: measured 25x slower on 2 shared cores)."""
-    before = torch.get_num_threads()
+    """On a CPU: all threads for the large matrix products of large fits, one thread for everything else (the
+    vector updates of L-BFGS and small fits, whose intra-op threads spin-wait on a busy CPU: measured 25x
+    slower on 2 shared cores)."""
+    global _MATMUL_THREADS
+    before, matmul_before = torch.get_num_threads(), _MATMUL_THREADS
     if device.type == "cpu":
-        want = 1 if work < ONE_THREAD_BELOW else len(os.sched_getaffinity(0))
-        torch.set_num_threads(max(1, want))
+        _MATMUL_THREADS = 1 if work < ONE_THREAD_BELOW else max(1, len(os.sched_getaffinity(0)))
+        torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+        _MATMUL_THREADS = matmul_before
+
+
+@contextlib.contextmanager
+def _matmul_threads(device: torch.device):
+    if device.type != "cpu" or _MATMUL_THREADS == 1:
+        yield
+        return
+    torch.set_num_threads(_MATMUL_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
 
 
 # the old probe's tolerances; in float32 a fit ends earlier, when the loss stops changing at float32 resolution
@@ -209,18 +227,21 @@ def _lbfgs(rows: _Rows, labels: torch.Tensor, start: int, stop: int, w: torch.Te
         gw = l2 * w
         gb = torch.zeros_like(b)
         loss = 0.0
-        for i, j, x in rows.chunks(start, stop):
-            y = labels[i:j]
-            logits = torch.addmm(b, x, w.t())
-            lse = logits.logsumexp(1, keepdim=True)
-            loss += (lse.squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)).double().sum().item()
-            p = logits.sub_(lse).exp_()
-            p[torch.arange(len(y), device=p.device), y] -= 1.0
-            p.div_(n)
-            gw.addmm_(p.t(), x)
-            gb += p.sum(0)
+        with _matmul_threads(w.device):
+            for i, j, x in rows.chunks(start, stop):
+                y = labels[i:j]
+                logits = torch.addmm(b, x, w.t())
+                picked = logits.gather(1, y[:, None])
+                top = logits.amax(1, keepdim=True)
+                p = logits.sub_(top).exp_()  # in place, one exp: softmax = p / total
+                total = p.sum(1, keepdim=True)
+                loss += (top + total.log() - picked).double().sum().item()
+                p.mul_(total.reciprocal_().mul_(1.0 / n))
+                p[torch.arange(len(y), device=p.device), y] -= 1.0 / n
+                gw.addmm_(p.t(), x)
+                gb += p.sum(0)
         w.grad, b.grad = gw, gb
-        return torch.tensor(loss / n + 0.5 * l2 * w.double().pow(2).sum().item(), dtype=w.dtype)
+        return torch.tensor(loss / n + 0.5 * l2 * torch.dot(w.flatten(), w.flatten()).item(), dtype=w.dtype)
 
     with torch.no_grad():
         opt.step(closure)
@@ -230,8 +251,9 @@ def _lbfgs(rows: _Rows, labels: torch.Tensor, start: int, stop: int, w: torch.Te
 @torch.no_grad()
 def _correct(rows: _Rows, labels: torch.Tensor, start: int, stop: int, w: torch.Tensor, b: torch.Tensor) -> int:
     hits = 0
-    for i, j, x in rows.chunks(start, stop):
-        hits += int((torch.addmm(b, x, w.t()).argmax(1) == labels[i:j]).sum())
+    with _matmul_threads(w.device):
+        for i, j, x in rows.chunks(start, stop):
+            hits += int((torch.addmm(b, x, w.t()).argmax(1) == labels[i:j]).sum())
     return hits
 
 
