@@ -99,3 +99,27 @@ def test_eval_on_two_cpu_ranks_equals_one_rank(tree_and_encoder, capsys):
     assert {k: two[k] for k in same} == {k: one[k] for k in same}
     assert two["protocol"]["val_accuracy"] == one["protocol"]["val_accuracy"]
     assert 0.25 < one["linear_probe_accuracy"] < 1.0  # the data are neither trivial nor noise
+
+
+def test_zero_shot_on_an_imagenet_tree_runs_on_the_device_and_names_its_protocol(tmp_path):
+    """`eval --zero-shot` on ImageNet-style class folders: a MAWS-CLIP file (release layout + tokenizer), class
+    names from the wnids, prompts from --templates, the protocol in the result."""
+    from mawstron.core import create_clip
+    from mawstron.core.clip_weights import ours_to_release
+    from mawstron.core.text import train_tokenizer
+    from mawstron.parallel.zero_shot import evaluate_zero_shot
+
+    from test_lit import TINY_LIT
+
+    tokenizer = train_tokenizer(["a photo of a tench", "a goldfish", "great white shark", "tiger shark"] * 20, 100, 8)
+    torch.manual_seed(0)
+    model = create_clip("vit_micro", TINY_LIT, vocab_size=tokenizer.get_vocab_size()).eval()
+    path = str(tmp_path / "clip.pt")
+    torch.save(ours_to_release(model.state_dict()), path)
+    tokenizer.save(str(tmp_path / "clip.tokenizer.json"))
+    tree = make_imagenet_tree(str(tmp_path / "tree"), train_per_class=1, val_per_class=2)
+    (tmp_path / "t.txt").write_text("a photo of a {}.\nart of the {}\n")
+    result = evaluate_zero_shot(path, os.path.join(tree, "val"), templates=str(tmp_path / "t.txt"), device="cpu")
+    assert result["num_classes"] == 4 and result["test_images"] == 8 and 0 <= result["zero_shot_top1"] <= 1
+    assert result["zero_shot_top5"] == 1.0  # 4 classes: the top 5 hold them all
+    assert result["protocol"]["templates"] == 2 and result["protocol"]["device"] == "cpu"
