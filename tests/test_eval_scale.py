@@ -123,3 +123,21 @@ def test_zero_shot_on_an_imagenet_tree_runs_on_the_device_and_names_its_protocol
     assert result["num_classes"] == 4 and result["test_images"] == 8 and 0 <= result["zero_shot_top1"] <= 1
     assert result["zero_shot_top5"] == 1.0  # 4 classes: the top 5 hold them all
     assert result["protocol"]["templates"] == 2 and result["protocol"]["device"] == "cpu"
+
+
+def test_eval_scale_benchmark_runs_at_its_small_size(tmp_path):
+    """benchmarks/eval_scale.py (tiny settings): features images/s, the probe against the old one, the SGD probe,
+    and a JSON with the device and commit."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import eval_scale
+
+    out = tmp_path / "eval_scale.json"
+    assert eval_scale.main(["--device", "cpu", "--model", "vit_micro", "--images", "8", "--batch-size", "4",
+                            "--probe-n", "300", "--probe-d", "32", "--probe-c", "10", "--separation", "0.4",
+                            "--baseline", "--sgd", "--sgd-epochs", "5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["features"]["images_per_s_per_rank"] > 0 and result["features"]["images"] == 8
+    probe = result["probe"]
+    assert probe["lbfgs"]["protocol"] == "lbfgs" and probe["sgd"]["epochs"] == 5
+    assert abs(probe["accuracy_difference_points"]) <= 1.0 and probe["speedup"] > 0
+    assert result["device"] and "git_commit" in result and "date" in result
