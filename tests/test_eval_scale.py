@@ -141,3 +141,31 @@ def test_eval_scale_benchmark_runs_at_its_small_size(tmp_path):
     assert probe["lbfgs"]["protocol"] == "lbfgs" and probe["sgd"]["epochs"] == 5
     assert abs(probe["accuracy_difference_points"]) <= 1.0 and probe["speedup"] > 0
     assert result["device"] and "git_commit" in result and "date" in result
+
+
+def test_imagenet_webdataset_shards_with_cls_labels(tmp_path):
+    """ImageNet-1k as webdataset shards (KEY.jpg + KEY.cls) in train/ and val/: --data finds them and the
+    evaluation loader reads the .cls labels."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from mawstron.core.data import DataConfig, build_eval_loader
+    from mawstron.parallel.evaluate import eval_splits
+
+    for split in ("train", "val"):
+        os.makedirs(tmp_path / split)
+        with tarfile.open(tmp_path / split / f"imagenet1k-{split}-0000.tar", "w") as tar:
+            for i, label in enumerate((3, 0, 999)):
+                jpeg = io.BytesIO()
+                Image.new("RGB", (40, 30), (i * 80, 20, 200)).save(jpeg, format="JPEG")
+                for ext, data in (("jpg", jpeg.getvalue()), ("cls", str(label).encode())):
+                    info = tarfile.TarInfo(f"{split}_{i:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    train, test = eval_splits(str(tmp_path))
+    assert train == str(tmp_path / "train" / "*.tar") and test == str(tmp_path / "val" / "*.tar")
+    loader = build_eval_loader(DataConfig(source="shards"), img_size=32, batch_size=8, shards=test)
+    batch = next(iter(loader))
+    assert batch["labels"].tolist() == [3, 0, 999] and batch["images"].shape == (3, 3, 32, 32)
