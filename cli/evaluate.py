@@ -44,7 +44,7 @@ def add_parser(subparsers):
 
 
 def run(args, argv: list[str] | None = None) -> int:
-    from mawstron.parallel.evaluate import eval_splits, evaluate
+    from mawstron.parallel.evaluation.evaluate import eval_splits, evaluate
 
     problem = check_rank_args(args, "eval")
     if problem:
@@ -112,7 +112,7 @@ def run(args, argv: list[str] | None = None) -> int:
 
 def run_zero_shot(args, test: str) -> int:
     from mawstron.parallel.console import stdout_to_stderr
-    from mawstron.parallel.zero_shot import evaluate_zero_shot
+    from mawstron.parallel.evaluation.zero_shot import evaluate_zero_shot
 
     if not test:
         raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")

@@ -34,7 +34,7 @@ def run(args, argv: list[str] | None = None) -> int:
     import torch
 
     from mawstron.core.data.image_folder import image_loader
-    from mawstron.parallel.evaluate import Ranks, check_rank_count, extract_split, load_encoder_from_checkpoint
+    from mawstron.parallel.evaluation.evaluate import Ranks, check_rank_count, extract_split, load_encoder_from_checkpoint
 
     if not args.out.endswith(".npy"):
         print(f"mawstron features: --out {args.out!r} must end in .npy", file=sys.stderr)

@@ -55,7 +55,7 @@ def launch_command(args, argv: list[str]) -> list[str] | None:
         return None
     from mawstron.parallel.console import is_verbose
 
-    from .train import _free_port
+    from mawstron.parallel.launcher.launch import free_port
 
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
     exe = shutil.which("mawstron") or os.path.join(os.path.dirname(sys.executable), "mawstron")
@@ -66,7 +66,7 @@ def launch_command(args, argv: list[str]) -> list[str] | None:
         cmd += ["--hostfile", args.hostfile]
     if args.gpus > 1:
         cmd += ["--num_gpus", str(args.gpus)]
-    return cmd + ["--master_port", str(args.master_port or _free_port()), exe, *_strip_launch_flags(argv)]
+    return cmd + ["--master_port", str(args.master_port or free_port()), exe, *_strip_launch_flags(argv)]
 
 
 def check_rank_args(args, command: str) -> str | None:

@@ -60,7 +60,7 @@ def test_mae_sgd_probe_learns_separable_classes():
 
 
 def test_zero_shot_names_imagenet_folders_and_reads_templates(tmp_path):
-    from mawstron.parallel.zero_shot import class_names_for, read_templates
+    from mawstron.parallel.evaluation.zero_shot import class_names_for, read_templates
 
     tree = make_imagenet_tree(str(tmp_path / "tree"), train_per_class=1, val_per_class=1)
     assert class_names_for(os.path.join(tree, "val")) == ["tench", "goldfish", "great white shark", "tiger shark"]
@@ -107,7 +107,7 @@ def test_zero_shot_on_an_imagenet_tree_runs_on_the_device_and_names_its_protocol
     from mawstron.core import create_clip
     from mawstron.core.clip_weights import ours_to_release
     from mawstron.core.text import train_tokenizer
-    from mawstron.parallel.zero_shot import evaluate_zero_shot
+    from mawstron.parallel.evaluation.zero_shot import evaluate_zero_shot
 
     from test_lit import TINY_LIT
 
@@ -152,7 +152,7 @@ def test_imagenet_webdataset_shards_with_cls_labels(tmp_path):
     from PIL import Image
 
     from mawstron.core.data import DataConfig, build_eval_loader
-    from mawstron.parallel.evaluate import eval_splits
+    from mawstron.parallel.evaluation.evaluate import eval_splits
 
     for split in ("train", "val"):
         os.makedirs(tmp_path / split)
