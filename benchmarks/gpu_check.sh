@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: everything in mawstron that needs a GPU, in at most ~8 minutes on one H100/H200.
+# One command for a GPU machine: everything in mawstron that needs a GPU, in at most ~13 minutes on one H100/H200.
 #
 #   benchmarks/gpu_check.sh                      # results (JSON + logs) under benchmarks/results/
 #   OUT=/tmp/gpu benchmarks/gpu_check.sh         # ... under /tmp/gpu
@@ -12,6 +12,8 @@
 #   kernel tests (bf16)  tuning sweep (writes kernels/attention_configs.json)  attention benchmark
 #   kernel benchmark     ViT-L/16 MAE and WSP throughput, MAWSTRON_KERNELS triton and reference
 #   ViT-2B/14 depth-sliced throughput   DALI mixed-decoder data-loader benchmark
+#   evaluation at scale: ViT-L/16 bf16 feature extraction (images/s) and the ImageNet-1k-shaped linear probe
+#   (1,281,167 x 1280 features, 1,000 classes, the full L2 grid; target: under 5 minutes)
 # A part whose dependencies are missing (DeepSpeed for training, DALI for the loader) is skipped, and said so.
 # Python: $PYTHON, else .venv/bin/python, else python3.  Needs torch with CUDA, Triton >= 3.0 (3.6 and 3.9 used).
 set -u
@@ -84,7 +86,7 @@ EOF
 if [ $DRY_RUN -eq 1 ]; then
   say "dry run: the plan a GPU run follows, then what a CPU can check"
   cat <<EOF
-plan (budgets in seconds, ~480 in all):
+plan (budgets in seconds, ~780 in all):
   kernel_tests_bf16    60  pytest tests/test_kernels_{attention,ops}.py -k bf16
   tune_attention      100  benchmarks/tune_attention.py --budget-s 70 (table: kernels/attention_configs.json)
   attention_bench      80  benchmarks/attention.py (every preset shape, checked then timed)
@@ -92,6 +94,8 @@ plan (budgets in seconds, ~480 in all):
   throughput_*        120  ViT-L/16 mae|wsp x MAWSTRON_KERNELS triton|reference, 30 s each (needs DeepSpeed)
   throughput_vit2b     40  ViT-2B/14, 4 blocks (needs DeepSpeed)
   dataloader_dali      50  benchmarks/dataloader.py --loader dali --dali-device mixed (needs DALI)
+  eval_features_vit_l16 40  benchmarks/eval_scale.py --model vit_l16 --precision bf16 (images/s, one GPU)
+  eval_probe_in1k     260  benchmarks/eval_scale.py --probe-n 1281167 --probe-d 1280 --probe-c 1000
 EOF
   "$PY" benchmarks/tune_attention.py --dry-run > "$OUT/tune_attention-plan.txt" 2>&1 && record tune_plan "ok"
   part interpreter_attention 300 env -u TRITON_INTERPRET "$PY" benchmarks/attention.py --tiny --out "$OUT/attention-dry-run.json"
@@ -143,6 +147,11 @@ if have nvidia.dali; then
 else
   skip dataloader_dali "NVIDIA DALI is not installed (about 1 GB of wheels: not shipped by gpu_wheels.sh)"
 fi
+
+part eval_features_vit_l16 40 "$PY" benchmarks/eval_scale.py --device cuda --model vit_l16 --precision bf16 \
+  --images 4096 --batch-size 256 --skip-probe --out "$OUT/eval_scale-features-vit_l16-bf16.json"
+part eval_probe_in1k 260 "$PY" benchmarks/eval_scale.py --device cuda --skip-features --probe-n 1281167 \
+  --probe-d 1280 --probe-c 1000 --probe-test-n 50000 --out "$OUT/eval_scale-probe-in1k.json"
 
 say "done in $(( $(date +%s) - START ))s; results and logs in $OUT"
 cat "$STATUS"

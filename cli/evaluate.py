@@ -6,11 +6,15 @@ import json
 import os
 import sys
 
+from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="linear probe + k-shot of a checkpoint on labelled shards")
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder (ZeRO-3) or a consolidated file")
-    p.add_argument("--data", default="", help="a `mawstron data synth` folder: uses DATA/eval-{train,test}-*.tar")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder (ZeRO-3), a consolidated file, "
+                   "or a released name (maws_vit_h14; `mawstron weights list`)")
+    p.add_argument("--data", default="", help="a `mawstron data synth` folder (DATA/eval-{train,test}-*.tar) or an "
+                   "ImageNet-style tree: DATA/train/ and DATA/val/ as class folders or as webdataset shards")
     p.add_argument("--train-shards", default="", help="labelled shards to fit the probes on (overrides --data)")
     p.add_argument("--test-shards", default="", help="labelled shards to measure accuracy on (overrides --data)")
     p.add_argument("--shots", default="1,5,10", help="k-shot settings, comma-separated")
@@ -26,23 +30,47 @@ def add_parser(subparsers):
     p.add_argument("--classnames", default="", help="zero-shot: class names, one per line in label order "
                    "(default: the manifest's / samples' class_name)")
     p.add_argument("--templates", default="", help="zero-shot: prompt templates, one per line with {} (default: "
-                   "a built-in set)")
+                   "the built-in set; ImageNet class folders get the shipped ImageNet prompts)")
     p.add_argument("--tokenizer", default="", help="zero-shot: tokenizer.json or a Hugging Face name (default: the "
                    "one saved with the run / beside the file)")
+    p.add_argument("--probe", choices=("lbfgs", "sgd"), default="lbfgs",
+                   help="lbfgs (default): logistic regression, L2 picked on a hold-out, L-BFGS to convergence; "
+                        "sgd: MAE's protocol (BatchNorm + linear head, LARS) for comparison with MAE's numbers")
+    p.add_argument("--probe-epochs", type=int, default=90, help="--probe sgd: epochs (MAE: 90)")
+    p.add_argument("--probe-batch-size", type=int, default=16384, help="--probe sgd: batch size (MAE: 16384)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass on each rank")
+    add_rank_args(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from mawstron.parallel.evaluation.evaluate import evaluate
+def run(args, argv: list[str] | None = None) -> int:
+    from mawstron.parallel.evaluation.evaluate import eval_splits, evaluate
 
+    problem = check_rank_args(args, "eval")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    if args.probe_epochs <= 0 or args.probe_batch_size <= 0 or args.batch_size <= 0:
+        print("mawstron eval: --probe-epochs, --probe-batch-size and --batch-size must be positive", file=sys.stderr)
+        return 2
     train = args.train_shards or (os.path.join(args.data, "eval-train-*.tar") if args.data else "")
     test = args.test_shards or (os.path.join(args.data, "eval-test-*.tar") if args.data else "")
+    if args.data and not (args.train_shards and args.test_shards) and os.path.isdir(args.data):
+        try:
+            tree_train, tree_test = eval_splits(args.data)
+        except ValueError as e:
+            print(f"mawstron eval: {e}", file=sys.stderr)
+            return 2
+        train, test = args.train_shards or tree_train, args.test_shards or tree_test
+    cmd = launch_command(args, sys.argv[1:] if argv is None else argv)
+    if cmd:
+        prefetch_release(args.checkpoint)
+        exec_launcher(cmd, args.device)
     if args.zero_shot:
         return run_zero_shot(args, test)
     if not train or not test:
         raise SystemExit("mawstron eval: give --data DIR (from `mawstron data synth`) or --train-shards and --test-shards")
     import glob
-    import sys
 
     if args.data and not (args.train_shards and args.test_shards):
         missing = [p for p in (train, test) if not glob.glob(p)]
@@ -54,19 +82,28 @@ def run(args) -> int:
     shots = tuple(int(s) for s in args.shots.split(",") if s)
     from mawstron.parallel.console import stdout_to_stderr
 
+    probe_options = {"epochs": args.probe_epochs, "batch_size": args.probe_batch_size} if args.probe == "sgd" else {}
     try:
         with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
             result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
-                              loader=args.loader, tag=args.tag)
-    except (FileNotFoundError, ValueError) as e:
+                              loader=args.loader, tag=args.tag, device=args.device, precision=args.precision,
+                              probe=args.probe, probe_options=probe_options, batch_size=args.batch_size,
+                              workers=args.workers)
+    except (FileNotFoundError, ValueError, MemoryError) as e:
         print(f"mawstron eval: {e}", file=sys.stderr)
+        leave_rank(2)
         return 2
+    if result is None:  # a rank other than 0: its share is gathered, rank 0 reports
+        leave_rank(0)
+        return 0
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{args.checkpoint}: {result['num_classes']} classes, {result['train_images']} train / "
           f"{result['test_images']} test images, {args.pool} features")
-    print(f"  linear probe  {result['linear_probe_accuracy']:.1%}  (L2 {result['linear_probe_l2']:g})")
+    what = f"L2 {result['linear_probe_l2']:g}" if args.probe == "lbfgs" else f"MAE's SGD protocol, {args.probe_epochs} epochs"
+    print(f"  linear probe  {result['linear_probe_accuracy']:.1%}  ({what}; {result['protocol']['seconds']:.1f} s on "
+          f"{result['device']}, features from {result['ranks']} rank{'s' if result['ranks'] > 1 else ''})")
     for k in shots:
         print(f"  {k:>2}-shot       {result[f'{k}_shot_accuracy']:.1%} +- {result[f'{k}_shot_std']:.1%} "
               f"over {args.draws} draws")
@@ -83,9 +120,15 @@ def run_zero_shot(args, test: str) -> int:
         # DeepSpeed's shard merging prints progress on stdout: keep stdout for the result (one line with --json)
         with stdout_to_stderr():
             result = evaluate_zero_shot(args.checkpoint, test, classnames=args.classnames, templates=args.templates,
-                                        tokenizer=args.tokenizer)
+                                        tokenizer=args.tokenizer, batch_size=args.batch_size, device=args.device,
+                                        precision=args.precision, workers=args.workers)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"mawstron eval --zero-shot: {e}") from None
+        print(f"mawstron eval --zero-shot: {e}", file=sys.stderr)
+        leave_rank(2)
+        return 2
+    if result is None:  # a rank other than 0
+        leave_rank(0)
+        return 0
     if args.json:
         print(json.dumps(result))
         return 0

@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("features", help="encoder features of a folder of images -> .npy")
@@ -17,6 +19,7 @@ def add_parser(subparsers):
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens (often better for MAE encoders)")
     p.add_argument("--batch-size", type=int, default=64)
+    add_rank_args(p)
     p.set_defaults(func=run)
 
 
@@ -26,23 +29,45 @@ def _name(item, root: str) -> str:
     return f"{os.path.basename(path)}:{what.key}" if hasattr(what, "key") else os.path.relpath(path, root)
 
 
-def run(args) -> int:
+def run(args, argv: list[str] | None = None) -> int:
     import numpy as np
+    import torch
 
     from mawstron.core.data.image_folder import image_loader
-    from mawstron.core.eval import extract_features
-    from mawstron.parallel.evaluation.evaluate import load_encoder_from_checkpoint
+    from mawstron.parallel.evaluation.evaluate import Ranks, check_rank_count, extract_split, load_encoder_from_checkpoint
 
     if not args.out.endswith(".npy"):
         print(f"mawstron features: --out {args.out!r} must end in .npy", file=sys.stderr)
         return 2
+    problem = check_rank_args(args, "features")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    cmd = launch_command(args, sys.argv[1:] if argv is None else argv)
+    if cmd:
+        prefetch_release(args.checkpoint)
+        exec_launcher(cmd, args.device)
+    ranks = Ranks(args.device)
     try:
-        model = load_encoder_from_checkpoint(args.checkpoint, args.tag)
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        model = load_encoder_from_checkpoint(args.checkpoint, args.tag, dtype=dtype).to(ranks.device)
         loader = image_loader(args.images, img_size=model.config.img_size, batch_size=args.batch_size)
+        check_rank_count(loader.num_images, ranks.world, f"--images {args.images}")
+        workers = args.workers
+        if workers is None:
+            workers = min(8, len(os.sched_getaffinity(0)) // ranks.world) if ranks.device.type == "cuda" else 0
+        ranks.join()
+        feats, labels = extract_split(model, loader, ranks, split="images", pool=args.pool, precision=args.precision,
+                                      batch_size=args.batch_size, workers=workers)
     except (ValueError, FileNotFoundError) as e:
         print(f"mawstron features: {e}", file=sys.stderr)
+        ranks.close()
+        leave_rank(2)
         return 2
-    feats, labels = extract_features(model, loader, pool=args.pool)
+    ranks.close()
+    if not ranks.first:  # rank 0 writes the file
+        leave_rank(0)
+        return 0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, feats.numpy())
     index = {"checkpoint": args.checkpoint, "tag": args.tag, "pool": args.pool, "shape": list(feats.shape),
@@ -56,4 +81,5 @@ def run(args) -> int:
         json.dump(index, f)
     print(f"wrote {args.out}: {feats.shape[0]} x {feats.shape[1]} float32 ({args.pool} features); "
           f"image order and labels in {sidecar}")
+    leave_rank(0)
     return 0

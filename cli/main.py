@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--verbose", action="store_true",
                         help="show DeepSpeed INFO lines and third-party warnings (also after the command)")
+    # `deepspeed mawstron eval ...` puts --local_rank=N before the command; ranks read LOCAL_RANK instead
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in dict.fromkeys(SUBCOMMANDS.values()):
         importlib.import_module(f"mawstron.cli.{module}").add_parser(subparsers)

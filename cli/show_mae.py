@@ -18,6 +18,8 @@ def add_parser(subparsers):
     p.add_argument("--max-images", type=int, default=8, help="rows of the grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the MAE runs (auto: the GPU when there is one)")
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,10 @@ def run(args) -> int:
     norm_pix = {"auto": None, "yes": True, "no": False}[args.norm_pix]
     if args.norm_pix == "auto" and args.preset:
         norm_pix = False  # MAE's visualisation weights were trained on raw pixels
+    from mawstron.core.eval.linear import resolve_device
+
     try:
+        device = resolve_device(args.device)
         model = load_mae(args.checkpoint, checkpoint_tag(args.checkpoint, args.tag), args.preset, norm_pix)
         loader = image_loader(args.images, img_size=model.config.img_size, batch_size=max(1, args.max_images))
     except (ValueError, FileNotFoundError) as e:
@@ -44,7 +49,7 @@ def run(args) -> int:
         return 2
     items = loader.items()[:args.max_images]
     images = torch.stack([loader.load_item(item)[0] for item in items])
-    parts = reconstruct(model, images, seed=args.seed)
+    parts = reconstruct(model.to(device), images.to(device), seed=args.seed)
     Image.fromarray(reconstruction_grid(parts)).save(args.out)
     print(f"wrote {args.out}: {len(items)} rows (original | masked {model.mae_config.mask_ratio:.0%} | "
           f"reconstruction), {model.config.img_size} px")

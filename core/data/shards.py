@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from .storage import filesystem, is_remote, open_shard, private_dir, read_range, shard_size, shard_stamp
 
 IMAGE_EXTS = ("jpg", "jpeg")
-META_EXTS = ("json", "txt")
+META_EXTS = ("json", "txt", "cls")  # .cls: an integer class label (ImageNet-1k webdataset shards)
 INDEX_VERSION = "v1.2"
 SIDECAR_VERSION = 1
 SYNTH_HINT = "create a synthetic collection with `mawstron data synth --out DIR` and pass data.shards=DIR/train-*.tar"
@@ -403,6 +403,8 @@ def parse_meta(raw: bytes, ext: str) -> dict:
     text = raw.rstrip(b"\0").decode("utf-8", "replace")
     if ext == "txt":
         return {"caption": text}
+    if ext == "cls":
+        return {"label": int(text.strip())} if text.strip().isdigit() else {}
     try:
         meta = json.loads(text)
     except Exception:  # ValueError, RecursionError: a sample's metadata never takes its reader down

@@ -20,12 +20,14 @@ from mawstron.core import LitConfig, create_clip, size_overrides
 from mawstron.core.clip_weights import infer_clip_config, read_clip_state_dict
 from mawstron.core.data import DataConfig, build_eval_loader
 from mawstron.core.data.shards import build_index, expand_shards, parse_meta
-from mawstron.core.eval import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier
+from mawstron.core.eval import DEFAULT_TEMPLATES, zero_shot_classifier
+from mawstron.core.eval.zero_shot import IMAGENET_TEMPLATES, imagenet_class_names, zero_shot_scores
 from mawstron.core.text import TOKENIZER_FILE, load_tokenizer
 
 from ..checkpoints.consolidate import tokenizer_beside
 from ..checkpoints.store import find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 from ..stages import STAGES
+from .evaluate import Ranks, check_rank_count, extract_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # parallel/evaluation/ -> the repository
 
@@ -75,14 +77,19 @@ def load_clip(checkpoint: str, tokenizer: str = ""):
 
 
 def class_names_for(test_shards: str, classnames_file: str = "") -> list[str]:
-    """Class names by label: ``classnames_file`` (one per line), else the ``classes`` of a ``manifest.json``
-    beside the shards, else the json ``class_name`` of the labelled samples."""
+    """Class names by label: ``classnames_file`` (one per line), else for an ImageFolder its class folders
+    (ImageNet-1k WordNet ids become readable names), else the ``classes`` of a ``manifest.json`` beside the shards, else the json ``class_name`` of the labelled samples."""
     if classnames_file:
         with open(classnames_file) as f:
             names = [line.strip() for line in f if line.strip()]
         if not names:
             raise ValueError(f"--classnames {classnames_file!r} is empty: write one class name per line, in label order")
         return names
+    from mawstron.core.data.image_folder import is_image_folder
+
+    if is_image_folder(test_shards):
+        folders = sorted(e.name for e in os.scandir(test_shards) if e.is_dir() and not e.name.startswith("."))
+        return imagenet_class_names(folders) or folders
     paths = expand_shards(test_shards, what="evaluation shards")
     manifest = os.path.join(os.path.dirname(paths[0]), "manifest.json")
     if os.path.isfile(manifest):
@@ -104,9 +111,11 @@ def class_names_for(test_shards: str, classnames_file: str = "") -> list[str]:
     return [by_label[i] for i in range(len(by_label))]
 
 
-def read_templates(path: str) -> tuple[str, ...]:
+def read_templates(path: str, imagenet: bool = False) -> tuple[str, ...]:
+    """The prompt templates of ``--templates FILE`` (one per line), else the shipped ImageNet prompts for
+    ImageNet-1k's classes, else the built-in web-caption-like set."""
     if not path:
-        return DEFAULT_TEMPLATES
+        return IMAGENET_TEMPLATES if imagenet else DEFAULT_TEMPLATES
     with open(path) as f:
         templates = tuple(line.strip() for line in f if line.strip())
     if not templates:
@@ -115,15 +124,36 @@ def read_templates(path: str) -> tuple[str, ...]:
 
 
 def evaluate_zero_shot(checkpoint: str, test_shards: str, *, classnames: str = "", templates: str = "",
-                       tokenizer: str = "", batch_size: int = 128) -> dict:
-    """Zero-shot top-1 / top-5 of ``checkpoint`` on labelled ``test_shards``."""
-    model, tok = load_clip(checkpoint, tokenizer)
-    names = class_names_for(test_shards, classnames)
-    classifier = zero_shot_classifier(model, tok, names, read_templates(templates))
-    loader = build_eval_loader(DataConfig(source="shards", loader="torch"), img_size=model.config.img_size,
-                               batch_size=batch_size, shards=test_shards)
-    result = zero_shot_accuracy(model, classifier, loader)
-    return {"checkpoint": checkpoint, "num_classes": len(names), "chance_top1": 1 / len(names), **result}
+                       tokenizer: str = "", batch_size: int = 128, device: str = "auto", precision: str = "auto",
+                       workers: int | None = None) -> dict | None:
+    """Zero-shot top-1 / top-5 of ``checkpoint`` on labelled ``test_shards`` (shards or an ImageFolder), on the
+    device; under a launcher each rank embeds its share of the images and rank 0 classifies them all (the other
+    ranks return None)."""
+    ranks = Ranks(device)
+    try:
+        model, tok = load_clip(checkpoint, tokenizer)
+        model = model.to(ranks.device)
+        names = class_names_for(test_shards, classnames)
+        imagenet = len(names) == 1000 and not classnames
+        loader = build_eval_loader(DataConfig(source="shards", loader="torch"), img_size=model.config.img_size,
+                                   batch_size=batch_size, shards=test_shards)
+        check_rank_count(loader.num_images, ranks.world, f"the test split {test_shards}")
+        prompts = read_templates(templates, imagenet)
+        if workers is None:
+            workers = min(8, len(os.sched_getaffinity(0)) // max(1, ranks.world)) if ranks.device.type == "cuda" else 0
+        ranks.join()
+        feats, labels = extract_split(model, loader, ranks, split="test", precision=precision, batch_size=batch_size,
+                                      workers=workers, encode=model.encode_images)
+        if not ranks.first:
+            return None
+        classifier = zero_shot_classifier(model, tok, names, prompts, device=ranks.device)
+        result = zero_shot_scores(feats, labels, classifier)
+        return {"checkpoint": checkpoint, "num_classes": len(names), "chance_top1": 1 / len(names), **result,
+                "protocol": {"probe": "zero_shot", "templates": len(prompts),
+                             "template_source": templates or ("imagenet" if imagenet else "built-in"),
+                             "device": str(ranks.device), "precision": precision, "ranks": ranks.world}}
+    finally:
+        ranks.close()
 
 
 def lit_zero_shot(encoder: str, data_dir: str, out_dir: str, *, steps: int = 60, ranks: int = 2,
