@@ -9,7 +9,9 @@ import sys
 
 def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="linear probe + k-shot of a checkpoint on labelled shards")
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder (ZeRO-3) or a consolidated file")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run folder, its checkpoints/ folder (ZeRO-3), a .safetensors file or a released name "
+                        "(maws_vit_b16; `mawstron weights list`)")
     p.add_argument("--data", default="", help="a `mawstron data synth` folder: uses DATA/eval-{train,test}-*.tar")
     p.add_argument("--train-shards", default="", help="labelled shards to fit the probes on (overrides --data)")
     p.add_argument("--test-shards", default="", help="labelled shards to measure accuracy on (overrides --data)")
@@ -17,7 +19,10 @@ def add_parser(subparsers):
     p.add_argument("--draws", type=int, default=5, help="random draws averaged per k-shot setting")
     p.add_argument("--pool", choices=("token", "avg"), default="token")
     p.add_argument("--loader", choices=("dali", "torch"), default="dali")
-    p.add_argument("--tag", default=None, help="checkpoint step to evaluate, e.g. step_00000400 (default: 'latest')")
+    p.add_argument("--tag", default=None, help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
+                        "a torn, missing or damaged checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--verbose", dest="verbose_here", action="store_true",
                    help="show DeepSpeed INFO lines and third-party warnings")
@@ -53,11 +58,13 @@ def run(args) -> int:
             return 2
     shots = tuple(int(s) for s in args.shots.split(",") if s)
     from mawstron.parallel.console import stdout_to_stderr
+    from mawstron.parallel.sources import resolve_checkpoint
 
-    try:
+    try:  # resolved here, outside the quiet block: a fallback to an older checkpoint is said on stderr
+        checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
         with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
-            result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
-                              loader=args.loader, tag=args.tag)
+            result = evaluate(checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
+                              loader=args.loader, tag=tag)
     except (FileNotFoundError, ValueError) as e:
         print(f"mawstron eval: {e}", file=sys.stderr)
         return 2

@@ -10,8 +10,12 @@ import sys
 def add_parser(subparsers):
     p = subparsers.add_parser("features", help="encoder features of a folder of images -> .npy")
     p.add_argument("--checkpoint", required=True,
-                   help="a run's checkpoints/ folder, a consolidated .safetensors, or a released name (maws_vit_b16)")
-    p.add_argument("--tag", default=None, help="checkpoint step (step_00000400 or 400; default: 'latest')")
+                   help="a run folder, its checkpoints/ folder, a .safetensors file or a released name "
+                        "(maws_vit_b16; `mawstron weights list`)")
+    p.add_argument("--tag", default=None, help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
+                        "a torn, missing or damaged checkpoint")
     p.add_argument("--images", required=True, help="a folder of images, or an ImageFolder (ROOT/<class>/<image>)")
     p.add_argument("--out", required=True, help="output .npy: float32 [images, embed_dim]")
     p.add_argument("--pool", choices=("token", "avg"), default="token",
@@ -36,8 +40,13 @@ def run(args) -> int:
     if not args.out.endswith(".npy"):
         print(f"mawstron features: --out {args.out!r} must end in .npy", file=sys.stderr)
         return 2
+    from mawstron.parallel.console import stdout_to_stderr
+    from mawstron.parallel.sources import resolve_checkpoint
+
     try:
-        model = load_encoder_from_checkpoint(args.checkpoint, args.tag)
+        checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
+        with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
+            model = load_encoder_from_checkpoint(checkpoint, tag)
         loader = image_loader(args.images, img_size=model.config.img_size, batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"mawstron features: {e}", file=sys.stderr)
@@ -45,7 +54,7 @@ def run(args) -> int:
     feats, labels = extract_features(model, loader, pool=args.pool)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, feats.numpy())
-    index = {"checkpoint": args.checkpoint, "tag": args.tag, "pool": args.pool, "shape": list(feats.shape),
+    index = {"checkpoint": args.checkpoint, "tag": tag, "pool": args.pool, "shape": list(feats.shape),
              "images": [_name(item, args.images) for item in loader.items()]}
     if (labels >= 0).all():
         index["labels"] = labels.tolist()

@@ -9,7 +9,10 @@ def add_parser(subparsers):
     p = subparsers.add_parser("show-mae", help="PNG grid: original / masked / MAE reconstruction")
     p.add_argument("--checkpoint", required=True,
                    help="an MAE run's checkpoints/ folder, or a weights file with the decoder (then --preset)")
-    p.add_argument("--tag", default=None, help="checkpoint step (step_00000400 or 400; default: 'latest')")
+    p.add_argument("--tag", default=None, help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
+                        "a torn, missing or damaged checkpoint")
     p.add_argument("--preset", default="", help="encoder preset of a weights file, e.g. vit_l16")
     p.add_argument("--norm-pix", choices=("auto", "yes", "no"), default="auto",
                    help="whether the decoder predicts per-patch normalised pixels (auto: the run's setting; "
@@ -29,6 +32,7 @@ def run(args) -> int:
     from mawstron.core.eval.reconstruction import reconstruct, reconstruction_grid
     from mawstron.parallel.evaluate import checkpoint_tag
     from mawstron.parallel.show_mae import load_mae
+    from mawstron.parallel.sources import resolve_checkpoint
 
     if not args.out.lower().endswith(".png"):
         print(f"mawstron show-mae: --out {args.out!r} must end in .png", file=sys.stderr)
@@ -37,7 +41,8 @@ def run(args) -> int:
     if args.norm_pix == "auto" and args.preset:
         norm_pix = False  # MAE's visualisation weights were trained on raw pixels
     try:
-        model = load_mae(args.checkpoint, checkpoint_tag(args.checkpoint, args.tag), args.preset, norm_pix)
+        checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
+        model = load_mae(checkpoint, checkpoint_tag(checkpoint, tag), args.preset, norm_pix)
         loader = image_loader(args.images, img_size=model.config.img_size, batch_size=max(1, args.max_images))
     except (ValueError, FileNotFoundError) as e:
         print(f"mawstron show-mae: {e}", file=sys.stderr)

@@ -253,8 +253,16 @@ def read_zero_checkpoint(ckpt_dir: str, tag: str | None = None) -> dict[str, tor
     no process group)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    import pickle
+
     tag = resolve_tag(ckpt_dir, tag)
-    return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=False)
+    try:
+        return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=False)
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as e:  # shards DeepSpeed cannot merge
+        raise ValueError(f"checkpoint {os.path.join(ckpt_dir, tag)} cannot be merged ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}): a shard is damaged or not "
+                         f"DeepSpeed's; `mawstron checkpoints verify {ckpt_dir}` checks them, --tag picks another"
+                         ) from None
 
 
 def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head: bool = False, say=print) -> dict:

@@ -18,7 +18,7 @@ from mawstron.core.data.image_folder import align_classes
 from mawstron.core.eval import extract_features, few_shot, linear_probe
 
 from .build import read_checkpoint_weights, split_encoder
-from .checkpoint import complete_tags, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint, tag_for_step
+from .checkpoint import complete_tags, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 from .config import ModelConfig
 from .preflight import find_checkpoint_dir
 
@@ -48,8 +48,11 @@ def checkpoint_tag(checkpoint: str, tag: str | None) -> str | None:
         return None
     if not is_zero_checkpoint_dir(checkpoint):
         raise ValueError(f"--tag picks a step of a run's checkpoints/ folder; {checkpoint!r} is not one")
-    if tag.isdigit():
-        tag = tag_for_step(int(tag))
+    from .sources import normalize_tag
+
+    tag = normalize_tag(tag)  # 200, step_200, step_00000200; latest -> None
+    if not tag:
+        return None
     done = complete_tags(checkpoint)
     if tag not in done:
         raise ValueError(f"--tag {tag}: no complete checkpoint of that name in {checkpoint}; complete tags: "
@@ -64,10 +67,17 @@ def load_encoder_from_checkpoint(checkpoint: str, tag: str | None = None) -> tor
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     tag = checkpoint_tag(checkpoint, tag)
-    model_cfg = model_config_of(checkpoint, tag)
-    model = create_vit(model_cfg.preset, **model_cfg.vit_overrides())
     weights = read_zero_checkpoint(checkpoint, tag) if tag else read_checkpoint_weights(checkpoint)
     encoder, _ = split_encoder(weights)
+    try:
+        model_cfg = model_config_of(checkpoint, tag)
+        model = create_vit(model_cfg.preset, **model_cfg.vit_overrides())
+    except ValueError:  # a weights file without our metadata (a release, a timm file): the preset from its shapes
+        from mawstron.core.weights import guess_preset
+
+        if not guess_preset(encoder):
+            raise
+        model = create_vit(guess_preset(encoder))
     load_pretrained(model, encoder)
     return model.eval()
 
