@@ -1,0 +1,227 @@
+"""The operator's mistakes at the command line (issue #23): each is refused before anything starts, or said aloud,
+in one line that names the input and the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from mawstron.cli.main import main
+from mawstron.parallel import checkpoint as ckpt
+
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes",
+                    "vit_tiny_mae.py")
+B16 = os.path.join(os.path.dirname(TINY), "vit_b16_mae.py")
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``mawstron ARGV`` in this process (argparse's SystemExit included)."""
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# ------------------------------------------------------------------------------------- 1: the hostfile
+def test_train_refuses_a_missing_hostfile_before_launch(tmp_path, capsys):
+    """A mistyped --hostfile is refused before launch instead of training on one node."""
+    rc, out, err = run(capsys, "train", TINY, "--hostfile", str(tmp_path / "hosts.txt"),
+                       "--set", f"output_dir={tmp_path / 'run'}")
+    assert rc == 2 and "hosts.txt does not exist" in err and "slots=" in err and "starting" not in out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,expected", [("node001 8\nnode002 slots=8\n", "line 1: 'node001 8'"),
+                                           ("# only a comment\n\n", "not in DeepSpeed's format"),
+                                           ("node001 slots=8\nnode001 slots=8\n", "not in DeepSpeed's format"),
+                                           ("node001 slots=0\n", "slots=0")])
+def test_train_refuses_a_malformed_hostfile(tmp_path, capsys, text, expected):
+    """A hostfile DeepSpeed's parser rejects (or that gives a node no GPU) is refused with the line at fault."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(text)
+    rc, _, err = run(capsys, "train", TINY, "--hostfile", str(hosts), "--set", f"output_dir={tmp_path / 'run'}")
+    assert rc == 2 and expected in err and "HOST slots=GPUS" in err or "slots=0" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_checks_the_hostfile_against_gpus_and_the_global_batch(tmp_path, capsys):
+    """--gpus beyond a node's slots, and a hostfile whose ranks the global batch cannot divide, are refused."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node001 slots=8\nnode002 slots=8\n")
+    rc, _, err = run(capsys, "train", B16, "--hostfile", str(hosts), "--gpus", "16",
+                     "--set", "data.source=synthetic", "--set", f"output_dir={tmp_path / 'run'}")
+    assert rc == 2 and "--gpus 16" in err and "node001 (slots=8)" in err and "--gpus 8 or fewer" in err
+    rc, _, err = run(capsys, "train", B16, "--hostfile", str(hosts), "--gpus", "3",
+                     "--set", "data.source=synthetic", "--set", f"output_dir={tmp_path / 'run'}")
+    assert rc == 2 and "2 nodes x 3 GPUs = 6 ranks" in err and "global_batch=4096" in err
+    assert "(4 or 8)" in err  # the world sizes that reach 4096
+    # a hostfile that fits: the dry run plans for its 16 ranks
+    rc, out, err = run(capsys, "train", B16, "--hostfile", str(hosts), "--dry-run", "--set", "data.source=synthetic")
+    assert rc == 0 and "schedule on 16 GPUs: global batch 4096 = micro-batch 256 x accumulation 1 x 16 ranks" in out
+
+
+# ------------------------------------------------------------------------------------- 7: the global batch
+def test_global_batch_is_checked_before_launch_once_with_the_micro_batches_that_reach_it(tmp_path, capsys):
+    """A global batch that does not divide over --gpus is refused before launch, once, with the exact fixes."""
+    rc, out, err = run(capsys, "train", B16, "--gpus", "24", "--set", "data.source=synthetic",
+                       "--set", f"output_dir={tmp_path / 'run'}")
+    assert rc == 2 and "starting" not in out and len(err.strip().splitlines()) == 1
+    assert "24 ranks" in err and "no micro-batch reaches 4096" in err and "(16 or 32)" in err
+    rc, out, err = run(capsys, "train", B16, "--gpus", "128", "--set", "train.micro_batch=64",
+                       "--set", "data.source=synthetic", "--set", f"output_dir={tmp_path / 'run'}")
+    # 4096 / 128 ranks = 32 images per rank: micro-batch 32 (accumulation 1), 16 (2) or 8 (4), not any "fewer"
+    assert rc == 2 and "set train.micro_batch=32 (accumulation 1), 16 (accumulation 2) or 8 (accumulation 4)" in err
+    assert "or fewer" not in err
+
+
+# ------------------------------------------------------------------------------------- 2, 5: checkpoints
+def fake_run(run_dir, steps=(4, 8), stage="mae"):
+    """A run folder with finalized checkpoints (random bytes under DeepSpeed's file names, real manifests)."""
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    for step in steps:
+        tag = ckpt.tag_for_step(step)
+        os.makedirs(os.path.join(ckpt_dir, tag))
+        for name in ("zero_pp_rank_0_mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+            with open(os.path.join(ckpt_dir, tag, name), "wb") as f:
+                f.write(os.urandom(2048))
+        ckpt.finalize(ckpt_dir, tag, step, {"train": {"stage": stage}, "model": {"preset": "vit_micro"}},
+                      keep_last=5, world_size=1, digests=ckpt.rank_file_digests(ckpt_dir, tag, 0))
+    return ckpt_dir
+
+
+def tear(ckpt_dir, step):
+    """A save that died half-way: 'latest' names a step without its COMPLETE marker."""
+    os.remove(os.path.join(ckpt_dir, ckpt.tag_for_step(step), ckpt.COMPLETE))
+
+
+@pytest.mark.parametrize("command", ["consolidate", "eval", "features"])
+def test_a_fallback_to_an_older_checkpoint_is_said_on_stderr_and_strict_refuses(tmp_path, capsys, command):
+    """'latest' naming a torn step: the commands say which step they use instead, always; --strict refuses."""
+    ckpt_dir = fake_run(str(tmp_path / "run"))
+    tear(ckpt_dir, 8)
+    rest = {"consolidate": ["--out", str(tmp_path / "x.safetensors")],
+            "eval": ["--train-shards", str(tmp_path / "no-*.tar"), "--test-shards", str(tmp_path / "no-*.tar")],
+            "features": ["--images", str(tmp_path), "--out", str(tmp_path / "f.npy")]}[command]
+    rc, out, err = run(capsys, command, "--checkpoint", str(tmp_path / "run"), *rest)
+    line = next(line for line in err.splitlines() if line.startswith("[mawstron]"))
+    assert "'latest' names step_00000008, which is incomplete" in line and "using step_00000004 instead" in line
+    assert rc == 2  # the random shards then fail to merge, in one line, no traceback
+    assert "cannot be merged" in err or "cannot tell" in err or "no" in err
+    rc, out, err = run(capsys, command, "--checkpoint", str(tmp_path / "run"), "--strict", *rest)
+    assert rc == 2 and "--strict refuses to fall back: give --tag step_00000004" in err
+    assert not any(line.startswith("[mawstron]") for line in err.splitlines())
+
+
+def test_a_damaged_latest_checkpoint_is_named_with_both_tags(tmp_path, capsys):
+    """A flipped byte in the step 'latest' names: the fallback line names it, the file, and the step used."""
+    from mawstron.parallel.sources import pick_tag
+
+    ckpt_dir = fake_run(str(tmp_path / "run"))
+    shard = os.path.join(ckpt_dir, "step_00000008", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    with open(shard, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    said = []
+    assert pick_tag(ckpt_dir, say=said.append) == "step_00000004"
+    assert len(said) == 1 and "step_00000008, which failed verification" in said[0] and "model_states.pt" in said[0]
+    with pytest.raises(ValueError, match="--strict refuses"):
+        pick_tag(ckpt_dir, strict=True)
+    with pytest.raises(ValueError, match="step_00000008 failed verification"):
+        pick_tag(ckpt_dir, "8")  # a damaged step named with --tag is refused, never replaced
+
+
+@pytest.mark.parametrize("form", ["4", "step_4", "step_00000004", "latest"])
+def test_every_command_takes_every_tag_form(tmp_path, capsys, form):
+    """consolidate, eval and features accept --tag 4, step_4, step_00000004 and latest alike."""
+    from mawstron.parallel.sources import normalize_tag, pick_tag
+
+    ckpt_dir = fake_run(str(tmp_path / "run"), steps=(4,))
+    assert pick_tag(ckpt_dir, form) == "step_00000004"
+    assert normalize_tag(form) in ("step_00000004", None)
+    for command, rest in (("consolidate", ["--out", str(tmp_path / "x.safetensors")]),
+                          ("features", ["--images", str(tmp_path), "--out", str(tmp_path / "f.npy")])):
+        rc, _, err = run(capsys, command, "--checkpoint", ckpt_dir, "--tag", form, *rest)
+        assert rc == 2 and "cannot be merged" in err and "no complete checkpoint" not in err  # found the step
+    rc, _, err = run(capsys, "consolidate", "--checkpoint", ckpt_dir, "--tag", "step_x", "--out",
+                     str(tmp_path / "x.safetensors"))
+    assert rc == 2 and "is not a checkpoint tag" in err
+
+
+def test_consolidate_takes_the_checkpoint_as_an_option_and_the_old_positional_with_a_deprecation_line(tmp_path,
+                                                                                                     capsys):
+    """The positional checkpoint of `consolidate` still works and says to use --checkpoint."""
+    ckpt_dir = fake_run(str(tmp_path / "run"), steps=(4,))
+    rc, _, err = run(capsys, "consolidate", ckpt_dir, "--out", str(tmp_path / "x.safetensors"))
+    assert rc == 2 and "deprecated; give it as --checkpoint" in err and "cannot be merged" in err
+
+
+# ------------------------------------------------------------------------------------- 4, 6: weights files
+def _images(folder, n=3):
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (40, 40), (40 * i, 90, 200)).save(os.path.join(folder, f"{i}.jpg"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
+@pytest.mark.parametrize("command", ["eval", "features", "show-mae"])
+def test_a_damaged_safetensors_file_is_one_line(tmp_path, capsys, damage, command):
+    """A truncated, foreign or empty .safetensors gives one line naming the file, no traceback."""
+    from safetensors.torch import save_file
+
+    from mawstron.core import create_vit
+
+    path = tmp_path / "w.safetensors"
+    save_file(create_vit("vit_micro").state_dict(), str(path), metadata={"preset": "vit_micro"})
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[:len(data) // 2], "not safetensors": b"PK\x03\x04 a zip, not weights" * 9,
+                      "empty": b""}[damage])
+    images = _images(tmp_path / "imgs")
+    rest = {"eval": ["--train-shards", images, "--test-shards", images],
+            "features": ["--images", images, "--out", str(tmp_path / "f.npy")],
+            "show-mae": ["--images", images, "--out", str(tmp_path / "m.png"), "--preset", "vit_micro"]}[command]
+    rc, _, err = run(capsys, command, "--checkpoint", str(path), *rest)
+    assert rc == 2 and str(path) in err and ("not a readable safetensors file" in err or "is empty" in err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_damaged_pt_file_is_one_line_where_weights_are_read(tmp_path):
+    """A truncated .pt read by the weights loader (init_from, load_pretrained) is a ValueError naming the file."""
+    from mawstron.core.weights import read_state_dict
+
+    path = tmp_path / "w.pt"
+    torch.save({"a": torch.zeros(1000)}, str(path))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="w.pt cannot be read as weights"):
+        read_state_dict(str(path))
+
+
+def test_features_resolves_a_released_name_through_the_weights_cache(tmp_path, capsys, monkeypatch):
+    """`features --checkpoint maws_vit_b16` reads the cached release, as eval does; offline it says how to fetch."""
+    from mawstron.core import create_vit
+    from mawstron.core.hub import cached_path
+
+    monkeypatch.setenv("MAWSTRON_CACHE", str(tmp_path / "cache"))
+    images = _images(tmp_path / "imgs")
+    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):  # offline: a refused connection
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    rc, _, err = run(capsys, "features", "--checkpoint", "maws_vit_b16", "--images", images, "--out",
+                     str(tmp_path / "f.npy"))
+    assert rc == 2 and "maws_vit_b16" in err and "does not exist" not in err  # looked up as a release, offline
+    # a cached copy (here a small encoder under the release's name) is read like any weights file
+    os.makedirs(os.path.dirname(cached_path("maws_vit_b16")), exist_ok=True)
+    torch.save({"model": create_vit("vit_micro").state_dict()}, cached_path("maws_vit_b16"))
+    rc, out, err = run(capsys, "features", "--checkpoint", "maws_vit_b16", "--images", images, "--out",
+                       str(tmp_path / "f.npy"))
+    assert rc == 0, err
+    assert json.load(open(tmp_path / "f.json"))["shape"] == [3, 64]
