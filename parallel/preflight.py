@@ -99,7 +99,7 @@ def divergence_advice(checkpoint_dir: str) -> str:
 
 
 def data_notice(cfg: RunConfig) -> str | None:
-    """One line when the run trains on random tensors (``data.source=synthetic``, every recipe's default)."""
+    """One line when the run trains on random tensors (``data.source=synthetic``, the tiny MAE and WSP recipes' default)."""
     if cfg.data.source != "synthetic":
         return None
     return ("[mawstron] data.source=synthetic: training on random tensors (a smoke run); for images give "
