@@ -6,17 +6,21 @@ import json
 import os
 import sys
 
+from mawstron.parallel.argtypes import positive_int, positive_int_list
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="linear probe + k-shot of a checkpoint on labelled shards")
     p.add_argument("--checkpoint", required=True,
                    help="a run folder, its checkpoints/ folder (ZeRO-3), a .safetensors file or a released name "
                         "(maws_vit_b16; `mawstron weights list`)")
-    p.add_argument("--data", default="", help="a `mawstron data synth` folder: uses DATA/eval-{train,test}-*.tar")
+    p.add_argument("--data", default="", help="a `mawstron data synth` folder (DATA/eval-{train,test}-*.tar) or a "
+                   "`data from-folder` one (DATA/{train,val}-*.tar)")
     p.add_argument("--train-shards", default="", help="labelled shards to fit the probes on (overrides --data)")
     p.add_argument("--test-shards", default="", help="labelled shards to measure accuracy on (overrides --data)")
-    p.add_argument("--shots", default="1,5,10", help="k-shot settings, comma-separated")
-    p.add_argument("--draws", type=int, default=5, help="random draws averaged per k-shot setting")
+    p.add_argument("--shots", type=positive_int_list, default=(1, 5, 10),
+                   help="k-shot settings, comma-separated whole numbers of 1 or more (default: 1,5,10)")
+    p.add_argument("--draws", type=positive_int, default=5, help="random draws averaged per k-shot setting")
     p.add_argument("--pool", choices=("token", "avg"), default="token")
     p.add_argument("--loader", choices=("dali", "torch"), default="dali")
     p.add_argument("--tag", default=None, help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
@@ -37,11 +41,28 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
+# labelled (train, test) splits a --data folder may hold: `data synth`'s, then `data from-folder`'s
+DATA_SPLITS = (("eval-train", "eval-test"), ("train", "val"), ("train", "test"))
+
+
+def data_splits(data: str) -> tuple[str, str]:
+    """The (train, test) shard patterns in ``data``: ``eval-train``/``eval-test`` (``mawstron data synth``), else
+    ``train``/``val`` as ``mawstron data from-folder --split`` writes them; synth's names when none is complete."""
+    import glob
+
+    for train, test in DATA_SPLITS:
+        pair = tuple(os.path.join(data, f"{split}-*.tar") for split in (train, test))
+        if all(glob.glob(p) for p in pair):
+            return pair
+    return tuple(os.path.join(data, f"{split}-*.tar") for split in DATA_SPLITS[0])
+
+
 def run(args) -> int:
     from mawstron.parallel.evaluate import evaluate
 
-    train = args.train_shards or (os.path.join(args.data, "eval-train-*.tar") if args.data else "")
-    test = args.test_shards or (os.path.join(args.data, "eval-test-*.tar") if args.data else "")
+    data_train, data_test = data_splits(args.data) if args.data else ("", "")
+    train = args.train_shards or data_train
+    test = args.test_shards or data_test
     if args.zero_shot:
         return run_zero_shot(args, test)
     if not train or not test:
@@ -53,14 +74,17 @@ def run(args) -> int:
         missing = [p for p in (train, test) if not glob.glob(p)]
         if missing:
             print(f"mawstron eval: --data {args.data} holds no {', '.join(os.path.basename(p) for p in missing)}; "
-                  f"give --data the folder `mawstron data synth --out DIR` wrote (e.g. --data runs/demo/data), or "
-                  f"--train-shards and --test-shards", file=sys.stderr)
+                  f"give --data the folder `mawstron data synth --out DIR` wrote (e.g. --data runs/demo/data) or "
+                  f"the one `mawstron data from-folder` wrote a train and a val split into, or --train-shards and "
+                  f"--test-shards", file=sys.stderr)
             return 2
-    shots = tuple(int(s) for s in args.shots.split(",") if s)
+    shots = args.shots
     from mawstron.parallel.console import stdout_to_stderr
-    from mawstron.parallel.sources import resolve_checkpoint
+    from mawstron.parallel.sources import check_local_input, resolve_checkpoint
 
     try:  # resolved here, outside the quiet block: a fallback to an older checkpoint is said on stderr
+        check_local_input(train, "--train-shards", "eval")
+        check_local_input(test, "--test-shards", "eval")
         checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
         with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
             result = evaluate(checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,

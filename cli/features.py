@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from mawstron.parallel.argtypes import positive_int
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("features", help="encoder features of a folder of images -> .npy")
@@ -20,7 +22,7 @@ def add_parser(subparsers):
     p.add_argument("--out", required=True, help="output .npy: float32 [images, embed_dim]")
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens (often better for MAE encoders)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.set_defaults(func=run)
 
 
@@ -41,9 +43,10 @@ def run(args) -> int:
         print(f"mawstron features: --out {args.out!r} must end in .npy", file=sys.stderr)
         return 2
     from mawstron.parallel.console import stdout_to_stderr
-    from mawstron.parallel.sources import resolve_checkpoint
+    from mawstron.parallel.sources import check_local_input, resolve_checkpoint
 
     try:
+        check_local_input(args.images, "--images", "features")
         checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
         with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
             model = load_encoder_from_checkpoint(checkpoint, tag)

@@ -32,7 +32,7 @@ def run(args) -> int:
     from mawstron.core.eval.reconstruction import reconstruct, reconstruction_grid
     from mawstron.parallel.evaluate import checkpoint_tag
     from mawstron.parallel.show_mae import load_mae
-    from mawstron.parallel.sources import resolve_checkpoint
+    from mawstron.parallel.sources import check_local_input, resolve_checkpoint
 
     if not args.out.lower().endswith(".png"):
         print(f"mawstron show-mae: --out {args.out!r} must end in .png", file=sys.stderr)
@@ -41,6 +41,7 @@ def run(args) -> int:
     if args.norm_pix == "auto" and args.preset:
         norm_pix = False  # MAE's visualisation weights were trained on raw pixels
     try:
+        check_local_input(args.images, "--images", "show-mae")
         checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
         model = load_mae(checkpoint, checkpoint_tag(checkpoint, tag), args.preset, norm_pix)
         loader = image_loader(args.images, img_size=model.config.img_size, batch_size=max(1, args.max_images))

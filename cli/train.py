@@ -15,13 +15,15 @@ import shutil
 import socket
 import sys
 
+from mawstron.parallel.argtypes import positive_int
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("train", help="validate a recipe's config, then run it under the deepspeed launcher",
                               description=__doc__, epilog=recipe_options_help(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="path to a recipe, e.g. recipes/vit_tiny_mae.py")
-    p.add_argument("--gpus", type=_positive_int, default=0,
+    p.add_argument("--gpus", type=positive_int, default=0,
                    help="ranks per node (default: all GPUs, or 2 CPU ranks; with --hostfile: every slot); "
                         "--dry-run plans for the ranks this gives")
     p.add_argument("--hostfile", default="",
@@ -29,16 +31,6 @@ def add_parser(subparsers):
                         "launch (it must exist, parse, and hold the ranks the global batch needs)")
     p.add_argument("--master-port", type=int, default=0, help="default: a free port")
     p.set_defaults(func=run, pass_unknown=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
 
 
 def recipe_options_help(parser=None, title: str = "recipe options (passed on to the recipe on every rank)",
@@ -115,7 +107,11 @@ def run(args, recipe_args: list[str]) -> int:
     from mawstron.core.data import check_data
     from mawstron.parallel.periodic_eval import check_eval_data
 
+    from mawstron.parallel.sources import check_local_input
+
     try:
+        if cfg.data.source != "synthetic":
+            check_local_input(cfg.data.shards, "data.shards", "training")
         check_data(cfg.data, cfg.train.stage)
         check_eval_data(cfg.eval)
     except ValueError as e:
@@ -145,6 +141,10 @@ def run(args, recipe_args: list[str]) -> int:
     except PreflightError as e:
         print(f"mawstron: {e}", file=sys.stderr)
         return 2
+    from mawstron.parallel.preflight import warmup_notice
+
+    if warmup_notice(cfg):
+        print(warmup_notice(cfg), file=sys.stderr)
     if recipe_flags.overwrite:
         removed = clear_old_checkpoints(cfg)
         if removed:

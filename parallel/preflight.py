@@ -105,3 +105,14 @@ def data_notice(cfg: RunConfig) -> str | None:
     return ("[mawstron] data.source=synthetic: training on random tensors (a smoke run); for images give "
             "--set data.source=shards --set 'data.shards=DIR/train-*.tar'" + (" --set data.vocab=DIR/vocab.json"
                                                                               if cfg.train.stage == "wsp" else ""))
+
+
+def warmup_notice(cfg: RunConfig) -> str | None:
+    """One line when the lr warmup does not end before the run does (the lr never reaches its peak): a paper
+    recipe shortened with ``--set train.steps=...``, or a benchmark of a few steps."""
+    warmup, steps = cfg.optim.warmup_steps, cfg.train.steps
+    if warmup < steps:
+        return None
+    return (f"[mawstron] warning: optim.warmup_steps={warmup} is not shorter than train.steps={steps}: the lr rises "
+            f"for the whole run and never reaches its peak; --set optim.warmup_steps={max(0, steps // 20)} for a "
+            f"short run")

@@ -135,3 +135,45 @@ def resolve_checkpoint(source: str, tag: str | int | None = None, strict: bool =
         check_weights_file(path)
         return path, None
     raise FileNotFoundError(f"checkpoint {source!r} does not exist and is no released name; give {FORMS}")
+
+
+# ------------------------------------------------------------------------------------------ local data inputs
+REMOTE_READERS = "the `mawstron data` commands only (`--shards 's3://BUCKET/train-*.tar'`)"
+
+
+def check_local_input(spec: str, what: str, command: str = "this command") -> None:
+    """ValueError, one line naming ``spec`` and the fix, for what a command that reads local files only would
+    otherwise report as a missing file: an ``s3://`` (or other remote) path, an ImageFolder whose class folders
+    hold no image, a shard pattern that matches nothing."""
+    if not spec:
+        return
+    from mawstron.core.data.image_folder import IMAGE_SUFFIXES
+    from mawstron.core.data.shards import _expand_braces
+
+    for part in (p.strip() for p in spec.split(",")):
+        if "://" in part:
+            scheme = part.split("://", 1)[0]
+            raise ValueError(f"{what} {part!r} is remote ({scheme}://) and {command} reads local files only: copy "
+                             f"it to a local or shared file system first (e.g. `aws s3 sync s3://BUCKET/PREFIX DIR`); "
+                             f"remote shards are read by {REMOTE_READERS}")
+    if os.path.isdir(spec):
+        entries = sorted(os.scandir(spec), key=lambda e: e.name)
+        subdirs = [e for e in entries if e.is_dir()]
+        has_files = any(e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES + (".tar",)) for e in entries)
+        if subdirs and not has_files and not any(
+                f.lower().endswith(IMAGE_SUFFIXES) for d in subdirs for f in os.listdir(d.path)):
+            names = ", ".join(d.name for d in subdirs[:4]) + (", ..." if len(subdirs) > 4 else "")
+            raise ValueError(f"{what} {spec}: its {len(subdirs)} class folder{'s' if len(subdirs) != 1 else ''} "
+                             f"({names}) hold no image ({', '.join(IMAGE_SUFFIXES)}): put each class's images in "
+                             f"{spec}/<class>/, or give webdataset shards")
+        return
+    import glob
+
+    for part in (p.strip() for p in (spec.split(",") if "{" not in spec else [spec])):
+        for name in _expand_braces(part):
+            if any(c in name for c in "*?[") and not glob.glob(name):
+                folder = os.path.dirname(name) or "."
+                where = (f"{folder} does not exist" if not os.path.isdir(folder) else
+                         f"{folder} holds {', '.join(sorted(os.listdir(folder))[:4]) or 'nothing'}")
+                raise ValueError(f"{what} {spec!r}: no file matches {name!r} ({where}); check the path, or write "
+                                 f"shards with `mawstron data from-folder` / `mawstron data synth`")

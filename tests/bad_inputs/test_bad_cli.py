@@ -80,6 +80,13 @@ def test_global_batch_is_checked_before_launch_once_with_the_micro_batches_that_
     assert "or fewer" not in err
 
 
+def _images(folder, n=3):
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (40, 40), (40 * i, 90, 200)).save(os.path.join(folder, f"{i}.jpg"))
+    return str(folder)
+
+
 # ------------------------------------------------------------------------------------- 2, 5: checkpoints
 def fake_run(run_dir, steps=(4, 8), stage="mae"):
     """A run folder with finalized checkpoints (random bytes under DeepSpeed's file names, real manifests)."""
@@ -89,7 +96,7 @@ def fake_run(run_dir, steps=(4, 8), stage="mae"):
         os.makedirs(os.path.join(ckpt_dir, tag))
         for name in ("zero_pp_rank_0_mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"):
             with open(os.path.join(ckpt_dir, tag, name), "wb") as f:
-                f.write(os.urandom(2048))
+                f.write(bytes(range(256)) * 8)  # not a pickle: DeepSpeed cannot merge it
         ckpt.finalize(ckpt_dir, tag, step, {"train": {"stage": stage}, "model": {"preset": "vit_micro"}},
                       keep_last=5, world_size=1, digests=ckpt.rank_file_digests(ckpt_dir, tag, 0))
     return ckpt_dir
@@ -105,9 +112,10 @@ def test_a_fallback_to_an_older_checkpoint_is_said_on_stderr_and_strict_refuses(
     """'latest' naming a torn step: the commands say which step they use instead, always; --strict refuses."""
     ckpt_dir = fake_run(str(tmp_path / "run"))
     tear(ckpt_dir, 8)
+    images = _images(tmp_path / "imgs")
     rest = {"consolidate": ["--out", str(tmp_path / "x.safetensors")],
-            "eval": ["--train-shards", str(tmp_path / "no-*.tar"), "--test-shards", str(tmp_path / "no-*.tar")],
-            "features": ["--images", str(tmp_path), "--out", str(tmp_path / "f.npy")]}[command]
+            "eval": ["--train-shards", images, "--test-shards", images],
+            "features": ["--images", images, "--out", str(tmp_path / "f.npy")]}[command]
     rc, out, err = run(capsys, command, "--checkpoint", str(tmp_path / "run"), *rest)
     line = next(line for line in err.splitlines() if line.startswith("[mawstron]"))
     assert "'latest' names step_00000008, which is incomplete" in line and "using step_00000004 instead" in line
@@ -147,7 +155,7 @@ def test_every_command_takes_every_tag_form(tmp_path, capsys, form):
     assert pick_tag(ckpt_dir, form) == "step_00000004"
     assert normalize_tag(form) in ("step_00000004", None)
     for command, rest in (("consolidate", ["--out", str(tmp_path / "x.safetensors")]),
-                          ("features", ["--images", str(tmp_path), "--out", str(tmp_path / "f.npy")])):
+                          ("features", ["--images", _images(tmp_path / "imgs"), "--out", str(tmp_path / "f.npy")])):
         rc, _, err = run(capsys, command, "--checkpoint", ckpt_dir, "--tag", form, *rest)
         assert rc == 2 and "cannot be merged" in err and "no complete checkpoint" not in err  # found the step
     rc, _, err = run(capsys, "consolidate", "--checkpoint", ckpt_dir, "--tag", "step_x", "--out",
@@ -164,13 +172,6 @@ def test_consolidate_takes_the_checkpoint_as_an_option_and_the_old_positional_wi
 
 
 # ------------------------------------------------------------------------------------- 4, 6: weights files
-def _images(folder, n=3):
-    os.makedirs(folder, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (40, 40), (40 * i, 90, 200)).save(os.path.join(folder, f"{i}.jpg"))
-    return str(folder)
-
-
 @pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
 @pytest.mark.parametrize("command", ["eval", "features", "show-mae"])
 def test_a_damaged_safetensors_file_is_one_line(tmp_path, capsys, damage, command):
@@ -225,3 +226,130 @@ def test_features_resolves_a_released_name_through_the_weights_cache(tmp_path, c
                        str(tmp_path / "f.npy"))
     assert rc == 0, err
     assert json.load(open(tmp_path / "f.json"))["shape"] == [3, 64]
+
+
+# ------------------------------------------------------------------------------------- 8: numbers at parse time
+@pytest.mark.parametrize("argv,option", [
+    (["eval", "--checkpoint", "x", "--data", "y", "--shots", "0,abc"], "--shots"),
+    (["eval", "--checkpoint", "x", "--data", "y", "--shots", "0"], "--shots"),
+    (["eval", "--checkpoint", "x", "--data", "y", "--draws", "-2"], "--draws"),
+    (["features", "--checkpoint", "x", "--images", "y", "--out", "f.npy", "--batch-size", "0"], "--batch-size"),
+    (["bench", "train", "--steps", "-1"], "--steps"),
+    (["bench", "train", "--warmup-steps", "x"], "--warmup-steps"),
+    (["train", TINY, "--gpus", "0"], "--gpus"),
+])
+def test_bad_numbers_are_usage_errors_at_parse_time(capsys, argv, option):
+    """A number out of range or not a number: argparse's exit 2 naming the option, before anything loads."""
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and f"argument {option}" in err and "Traceback" not in err and not out
+
+
+def test_bench_p90_is_never_below_the_median():
+    """The benchmark's p90 interpolates, so it is at least the median for any number of steps."""
+    import statistics
+
+    from mawstron.parallel.bench import percentile
+
+    for times in ([1.0, 3.0], [2.0, 1.0, 5.0], [1.0] * 9 + [10.0]):
+        assert percentile(sorted(times), 90) >= statistics.median(times)
+    assert percentile([1.0, 3.0], 90) == pytest.approx(2.8)
+
+
+def test_a_warmup_longer_than_the_run_is_warned(tmp_path, capsys):
+    """`--set train.steps=20` on a paper recipe leaves a 36,621-step lr warmup: said before launch."""
+    from mawstron.parallel.config import apply_overrides
+    from mawstron.parallel.paper import mae_run
+    from mawstron.parallel.preflight import warmup_notice
+
+    cfg = apply_overrides(mae_run("b", "vit_b16", micro_batch=256), [], ["train.steps=20"])
+    assert "optim.warmup_steps=36621 is not shorter than train.steps=20" in warmup_notice(cfg)
+    assert warmup_notice(apply_overrides(cfg, [], ["optim.warmup_steps=1"])) is None
+
+
+# ------------------------------------------------------------------------------------- 9: data messages
+def test_an_image_folder_with_empty_class_folders_is_named(tmp_path, capsys):
+    """Class folders without images: the message says so and names them, for eval and features."""
+    for name in ("cat", "dog"):
+        (tmp_path / "in" / name).mkdir(parents=True)
+    rc, _, err = run(capsys, "features", "--checkpoint", "x.safetensors", "--images", str(tmp_path / "in"),
+                     "--out", str(tmp_path / "f.npy"))
+    assert rc == 2 and "2 class folders (cat, dog) hold no image" in err
+    rc, _, err = run(capsys, "eval", "--checkpoint", "x.safetensors", "--train-shards", str(tmp_path / "in"),
+                     "--test-shards", str(tmp_path / "in"))
+    assert rc == 2 and "--train-shards" in err and "hold no image" in err
+
+
+def test_a_shard_pattern_matching_nothing_says_where_it_looked(tmp_path, capsys):
+    """--images with a shard pattern that matches nothing names the folder, not `data synth`."""
+    rc, _, err = run(capsys, "features", "--checkpoint", "x.safetensors", "--images", str(tmp_path / "no/train-*.tar"),
+                     "--out", str(tmp_path / "f.npy"))
+    assert rc == 2 and "no file matches" in err and f"{tmp_path / 'no'} does not exist" in err
+    assert "data synth --out DIR` and pass" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--checkpoint", "x.safetensors", "--train-shards", "s3://bucket/train-{000..009}.tar",
+     "--test-shards", "s3://bucket/val-000.tar"],
+    ["features", "--checkpoint", "x.safetensors", "--images", "s3://bucket/val-000.tar", "--out", "f.npy"],
+    ["train", TINY, "--set", "data.source=shards", "--set", "data.shards=s3://bucket/train-{000..009}.tar"],
+])
+def test_an_s3_path_where_only_local_files_are_read_says_it_is_remote(capsys, argv):
+    """s3:// given to a local-only reader: "is remote", and where remote shards are read, not "does not exist"."""
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2 and "is remote (s3://)" in err and "reads local files only" in err and "mawstron data" in err
+    assert "does not exist" not in err
+
+
+def test_eval_data_reads_what_from_folder_writes(tmp_path, capsys):
+    """`data from-folder` (train and val splits) then `eval --data` on its output: the splits are found."""
+    from folder_helpers import make_image_folder
+
+    from mawstron.core import create_vit
+    from mawstron.parallel.config import ModelConfig
+
+    import shutil
+
+    make_image_folder(str(tmp_path / "in" / "train"), images=15)
+    shutil.copytree(tmp_path / "in" / "train", tmp_path / "in" / "val")  # the same classes, as ImageNet's val
+    for split in ("train", "val"):
+        assert main(["data", "from-folder", str(tmp_path / "in" / split), "--out", str(tmp_path / "shards"),
+                     "--split", split]) == 0
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    weights = str(tmp_path / "micro.safetensors")
+    save_file(create_vit("vit_micro").state_dict(), weights,
+              metadata={"model": json.dumps(dataclasses.asdict(ModelConfig("vit_micro")))})
+    capsys.readouterr()
+    rc, out, err = run(capsys, "eval", "--checkpoint", weights, "--data", str(tmp_path / "shards"), "--shots", "1",
+                       "--draws", "1", "--loader", "torch", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["train_images"] == 15 and result["test_images"] == 15
+
+
+# ------------------------------------------------------------------------------------- 10: every script
+def test_every_shell_script_answers_help_and_writes_nothing(tmp_path):
+    """`SCRIPT --help` prints its usage and exits 0 without creating a folder named --help (or anything else)."""
+    import glob
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(TINY))
+    sandbox = tmp_path / "repo"
+    sandbox.mkdir()
+    for entry in os.listdir(repo):
+        if entry not in (".git", "runs"):
+            (sandbox / entry).symlink_to(os.path.join(repo, entry))
+    scripts = sorted(glob.glob(os.path.join(repo, "*", "*.sh")))
+    assert any(s.endswith("gpu_wheels.sh") for s in scripts)
+    before = set(os.listdir(sandbox))
+    for script in scripts:
+        rel = os.path.relpath(script, repo)
+        out = subprocess.run(["bash", str(sandbox / rel), "--help"], cwd=str(sandbox), capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip(), f"{rel} --help: rc {out.returncode} {out.stderr[-500:]}"
+        assert set(os.listdir(sandbox)) == before, f"{rel} --help created {set(os.listdir(sandbox)) - before}"
+        bad = subprocess.run(["bash", str(sandbox / rel), "--no-such-option"], cwd=str(sandbox), capture_output=True,
+                             text=True, timeout=60)
+        assert bad.returncode == 2 and "--no-such-option" in bad.stderr, rel
