@@ -261,7 +261,7 @@ def read_zero_checkpoint(ckpt_dir: str, tag: str | None = None) -> dict[str, tor
             AttributeError, IndexError) as e:  # shards DeepSpeed cannot merge (damaged, or not its files)
         raise ValueError(f"checkpoint {os.path.join(ckpt_dir, tag)} cannot be merged ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}): a shard is damaged or not "
-                         f"DeepSpeed's; `mawstron checkpoints verify {ckpt_dir}` checks them, --tag picks another"
+                         f"DeepSpeed's; `mawstron checkpoints verify --checkpoint {ckpt_dir}` checks them, --tag picks another"
                          ) from None
 
 
@@ -284,7 +284,7 @@ def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head:
         problems = verify_files(ckpt_dir, tag)
         if problems:
             raise ValueError(f"checkpoint {tag} failed verification: {problems[0]}; pick another with --tag "
-                             f"(`mawstron checkpoints verify {ckpt_dir}` lists them)")
+                             f"(`mawstron checkpoints verify --checkpoint {ckpt_dir}` lists them)")
     if read_run_config(ckpt_dir, tag)["train"]["stage"] == "lit":  # both towers, in the MAWS-CLIP layout
         from .zero_shot import consolidate_clip
 

@@ -54,7 +54,7 @@ def pick_tag(ckpt_dir: str, tag: str | int | None = None, strict: bool = False, 
         problems = ckpt.verify_files(ckpt_dir, wanted)
         if problems:
             raise ValueError(f"checkpoint {wanted} failed verification: {problems[0]}; pick another with --tag "
-                             f"(`mawstron checkpoints verify {ckpt_dir}` lists them)")
+                             f"(`mawstron checkpoints verify --checkpoint {ckpt_dir}` lists them)")
         return wanted
     latest_file = os.path.join(ckpt_dir, ckpt.LATEST)
     named = open(latest_file).read().strip() if os.path.isfile(latest_file) else None
