@@ -29,6 +29,7 @@ def add_parser(subparsers):
                    help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
                         "a torn, missing or damaged checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     p.add_argument("--verbose", dest="verbose_here", action="store_true",
                    help="show DeepSpeed INFO lines and third-party warnings")
     p.add_argument("--zero-shot", action="store_true",
@@ -89,7 +90,7 @@ def run(args) -> int:
         checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
         with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
             result = evaluate(checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
-                              loader=args.loader, tag=tag)
+                              loader=args.loader, tag=tag, quiet=args.quiet)
     except (FileNotFoundError, ValueError) as e:
         print(f"mawstron eval: {e}", file=sys.stderr)
         return 2

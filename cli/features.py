@@ -23,6 +23,7 @@ def add_parser(subparsers):
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens (often better for MAE encoders)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +55,10 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"mawstron features: {e}", file=sys.stderr)
         return 2
-    feats, labels = extract_features(model, loader, pool=args.pool)
+    from mawstron.parallel.console import progress
+
+    feats, labels = extract_features(model, progress(loader, "features", len(loader.items()), args.quiet),
+                                     pool=args.pool)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, feats.numpy())
     index = {"checkpoint": args.checkpoint, "tag": tag, "pool": args.pool, "shape": list(feats.shape),

@@ -20,6 +20,7 @@ from mawstron.core.eval import extract_features, few_shot, linear_probe
 from .build import read_checkpoint_weights, split_encoder
 from .checkpoint import complete_tags, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 from .config import ModelConfig
+from .console import progress
 from .preflight import find_checkpoint_dir
 
 
@@ -82,9 +83,17 @@ def load_encoder_from_checkpoint(checkpoint: str, tag: str | None = None) -> tor
     return model.eval()
 
 
+def _size(loader) -> int | None:
+    """Images a loader will yield, where it can tell without reading them (for the progress bar's total)."""
+    try:
+        return len(loader.items())
+    except (AttributeError, TypeError):
+        return None
+
+
 def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 5, 10), draws: int = 5,
              pool: str = "token", loader: str = "dali", batch_size: int = 128, seed: int = 0,
-             tag: str | None = None) -> dict:
+             tag: str | None = None, quiet: bool | None = None) -> dict:
     """Linear probe and k-shot accuracy of ``checkpoint``'s frozen features on labelled shards (or ImageFolder
     directories)."""
     model = load_encoder_from_checkpoint(checkpoint, tag)
@@ -93,8 +102,10 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
     train_loader = build_eval_loader(data, img_size=img, batch_size=batch_size, shards=train_shards)
     test_loader = build_eval_loader(data, img_size=img, batch_size=batch_size, shards=test_shards)
     align_classes(train_loader, test_loader)  # ImageFolders: the test split numbered by train's class folders
-    train_x, train_y = extract_features(model, train_loader, pool=pool)
-    test_x, test_y = extract_features(model, test_loader, pool=pool)
+    train_x, train_y = extract_features(model, progress(train_loader, "train split", _size(train_loader), quiet),
+                                        pool=pool)
+    test_x, test_y = extract_features(model, progress(test_loader, "test split", _size(test_loader), quiet),
+                                      pool=pool)
     probe = linear_probe(train_x, train_y, test_x, test_y, seed=seed)
     result = {
         "checkpoint": checkpoint,

@@ -353,3 +353,59 @@ def test_every_shell_script_answers_help_and_writes_nothing(tmp_path):
         bad = subprocess.run(["bash", str(sandbox / rel), "--no-such-option"], cwd=str(sandbox), capture_output=True,
                              text=True, timeout=60)
         assert bad.returncode == 2 and "--no-such-option" in bad.stderr, rel
+
+
+# ------------------------------------------------------------------------------------- 12: progress
+class Terminal:
+    """A stand-in for a terminal's stderr: text in memory, isatty() true."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("command", ["features", "eval"])
+def test_features_and_eval_show_images_per_second_on_a_terminal_only(tmp_path, capsys, monkeypatch, command):
+    """Minutes of silence on real data: a progress bar with img/s on a terminal's stderr; none with --quiet or
+    when stderr is not a terminal; stdout keeps the result alone."""
+    import dataclasses
+    import sys
+
+    from safetensors.torch import save_file
+
+    from mawstron.core import create_vit
+    from mawstron.parallel.config import ModelConfig
+
+    weights = str(tmp_path / "micro.safetensors")
+    save_file(create_vit("vit_micro").state_dict(), weights,
+              metadata={"model": json.dumps(dataclasses.asdict(ModelConfig("vit_micro")))})
+    from folder_helpers import make_image_folder
+
+    make_image_folder(str(tmp_path / "imgs"), images=15)
+    images = str(tmp_path / "imgs")
+    argv = {"features": ["features", "--checkpoint", weights, "--images", images, "--out", str(tmp_path / "f.npy")],
+            "eval": ["eval", "--checkpoint", weights, "--train-shards", images, "--test-shards", images, "--shots",
+                     "1", "--draws", "1", "--loader", "torch", "--json"]}[command]
+    monkeypatch.delenv("MAWSTRON_QUIET", raising=False)
+    for extra, shown in (([], True), (["--quiet"], False)):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "__stderr__", terminal)
+        rc, out, _ = run(capsys, *argv, *extra)
+        assert rc == 0
+        bar = terminal.buffer.getvalue()
+        assert ("img/s" in bar and "15" in bar) == shown, bar[-500:]
+        assert "img/s" not in out
+    monkeypatch.setattr(sys, "__stderr__", open(os.devnull, "w"))  # not a terminal: nothing
+    from mawstron.parallel.console import show_progress
+
+    assert not show_progress()
