@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "features": "features",
     "show-mae": "show_mae",
     "weights": "weights",
+    "doctor": "doctor",
 }
 
 
