@@ -139,3 +139,107 @@ def check_launcher_hostfile() -> None:
     path = launcher_hostfile()
     if path is not None:
         read_hostfile(path)
+
+
+# ------------------------------------------------------------------------------------------ Slurm
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Slurm's compact node list (``node[001-003,007],gpu12``) as host names, in order; what
+    ``scontrol show hostnames`` prints (used where scontrol is not at hand)."""
+    import re
+
+    hosts, depth, token = [], 0, ""
+    for ch in nodelist + ",":
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            if token:
+                hosts.extend(_expand_one(token, re))
+            token = ""
+        else:
+            token += ch
+    return hosts
+
+
+def _expand_one(token: str, re) -> list[str]:
+    match = re.fullmatch(r"([^\[]*)\[([^\]]+)\](.*)", token)
+    if not match:
+        return [token]
+    head, body, tail = match.groups()
+    out = []
+    for part in body.split(","):
+        lo, _, hi = part.partition("-")
+        width = len(lo)
+        for i in range(int(lo), int(hi or lo) + 1):
+            out.extend(_expand_one(f"{head}{i:0{width}d}{tail}", re))
+    return out
+
+
+def slurm_hosts() -> list[str]:
+    """The job's nodes: ``scontrol show hostnames`` of ``SLURM_JOB_NODELIST`` (or its own expansion)."""
+    import subprocess
+
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        raise HostfileError("SLURM_JOB_NODELIST is not set: run this inside a Slurm job (sbatch/salloc)")
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.split()
+        if out:
+            return out
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return expand_nodelist(nodelist)
+
+
+def write_slurm_hostfile(path: str, gpus_per_node: int = 0) -> "OrderedDict[str, int]":
+    """Write the Slurm job's hostfile (``HOST slots=GPUS``, GPUs from ``SLURM_GPUS_ON_NODE``) and return it as
+    read back by DeepSpeed's parser."""
+    gpus = gpus_per_node or int(os.environ.get("SLURM_GPUS_ON_NODE", "0").split("(")[0] or 0)
+    if gpus < 1:
+        raise HostfileError("GPUs per node unknown: request them with #SBATCH --gpus-per-node=N (Slurm then sets "
+                            "SLURM_GPUS_ON_NODE) or pass GPUS_PER_NODE=N")
+    hosts = slurm_hosts()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("".join(f"{host} slots={gpus}\n" for host in hosts))
+    return read_hostfile(path)
+
+
+def world_info(pool: "OrderedDict[str, int]") -> str:
+    """DeepSpeed's ``--world_info`` for its per-node launcher (``deepspeed.launcher.launch``): every slot of
+    every host, encoded as the runner encodes it."""
+    from deepspeed.launcher.runner import encode_world_info
+
+    return encode_world_info({host: list(range(slots)) for host, slots in pool.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mawstron.parallel.hostfile slurm HOSTFILE`` (write the job's hostfile, print its summary) or
+    ``world-info HOSTFILE`` (print DeepSpeed's --world_info); used by recipes/slurm.sh."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m mawstron.parallel.hostfile", description=main.__doc__)
+    p.add_argument("action", choices=("slurm", "world-info", "check"))
+    p.add_argument("hostfile")
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    args = p.parse_args(argv)
+    from .console import quiet_third_party
+
+    quiet_third_party()  # DeepSpeed's import-time notices would mix into the printed --world_info
+    try:
+        if args.action == "slurm":
+            pool = write_slurm_hostfile(args.hostfile, args.gpus_per_node)
+            print(f"{args.hostfile}: {describe(pool, world_size(pool))}", file=sys.stderr)
+        elif args.action == "world-info":
+            print(world_info(read_hostfile(args.hostfile)))
+        else:
+            pool = read_hostfile(args.hostfile)
+            print(world_size(pool, args.gpus_per_node, args.hostfile))
+    except HostfileError as e:
+        print(f"mawstron: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
