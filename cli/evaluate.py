@@ -108,15 +108,20 @@ def run(args) -> int:
 
 def run_zero_shot(args, test: str) -> int:
     from mawstron.parallel.console import stdout_to_stderr
+    from mawstron.parallel.sources import check_local_input, resolve_checkpoint
     from mawstron.parallel.zero_shot import evaluate_zero_shot
 
     if not test:
         raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")
     try:
+        check_local_input(test, "--test-shards", "eval")
+        checkpoint, tag = args.checkpoint, None
+        if os.path.isdir(args.checkpoint):  # a LiT run: its verified step, a fallback said here on stderr
+            checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
         # DeepSpeed's shard merging prints progress on stdout: keep stdout for the result (one line with --json)
         with stdout_to_stderr():
-            result = evaluate_zero_shot(args.checkpoint, test, classnames=args.classnames, templates=args.templates,
-                                        tokenizer=args.tokenizer)
+            result = evaluate_zero_shot(checkpoint, test, classnames=args.classnames, templates=args.templates,
+                                        tokenizer=args.tokenizer, tag=tag)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"mawstron eval --zero-shot: {e}") from None
     if args.json:

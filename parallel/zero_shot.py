@@ -37,7 +37,7 @@ def _lit_of(section: dict) -> LitConfig:
     return LitConfig(**{**section, "text_model": "", "tokenizer": ""})  # shapes only: never download here
 
 
-def load_clip(checkpoint: str, tokenizer: str = ""):
+def load_clip(checkpoint: str, tokenizer: str = "", tag: str | None = None):
     """``(CLIP model in eval mode, tokenizer)`` from any accepted checkpoint (see the module docstring)."""
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
@@ -45,11 +45,11 @@ def load_clip(checkpoint: str, tokenizer: str = ""):
 
     checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     if is_zero_checkpoint_dir(checkpoint):
-        run = read_run_config(checkpoint)
+        run = read_run_config(checkpoint, tag)
         if run["train"]["stage"] != "lit":
             raise ValueError(f"{checkpoint} is a {run['train']['stage']} run; zero-shot needs a LiT run "
                              f"(train.stage=lit) or a MAWS-CLIP file")
-        state = read_zero_checkpoint(checkpoint)
+        state = read_zero_checkpoint(checkpoint, tag)
         preset, overrides = run["model"]["preset"], size_overrides(run["model"])
         lit = _lit_of(run["lit"])
         default_tokenizer = os.path.join(checkpoint, TOKENIZER_FILE)
@@ -120,9 +120,10 @@ def read_templates(path: str) -> tuple[str, ...]:
 
 
 def evaluate_zero_shot(checkpoint: str, test_shards: str, *, classnames: str = "", templates: str = "",
-                       tokenizer: str = "", batch_size: int = 128) -> dict:
-    """Zero-shot top-1 / top-5 of ``checkpoint`` on labelled ``test_shards``."""
-    model, tok = load_clip(checkpoint, tokenizer)
+                       tokenizer: str = "", batch_size: int = 128, tag: str | None = None) -> dict:
+    """Zero-shot top-1 / top-5 of ``checkpoint`` (step ``tag`` of a LiT run; default: 'latest') on labelled
+    ``test_shards``."""
+    model, tok = load_clip(checkpoint, tokenizer, tag)
     names = class_names_for(test_shards, classnames)
     classifier = zero_shot_classifier(model, tok, names, read_templates(templates))
     loader = build_eval_loader(DataConfig(source="shards", loader="torch"), img_size=model.config.img_size,

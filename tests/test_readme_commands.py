@@ -92,9 +92,18 @@ def readme_commands(text: str | None = None) -> list[str]:
                 continue
             words = shlex.split(current, comments=True)
             if words:
-                commands.append(shlex.join(words))
+                commands.append(_join(words))
             current = ""
     return commands
+
+
+def _join(words: list[str]) -> str:
+    """``shlex.join``, except that leading ``VAR=value`` assignments stay assignments (only the value quoted)."""
+    lead = []
+    while len(words) > 1 and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        lead.append(f"{name}={shlex.quote(value)}")
+    return " ".join(lead + [shlex.join(words)])
 
 
 def readme_inline_commands(text: str | None = None) -> list[str]:
