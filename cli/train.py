@@ -106,7 +106,6 @@ def run(args, recipe_args: list[str]) -> int:
         return 2
     from mawstron.core.data import check_data
     from mawstron.parallel.periodic_eval import check_eval_data
-
     from mawstron.parallel.sources import check_local_input
 
     try:

@@ -22,6 +22,7 @@ from .checkpoint import complete_tags, is_zero_checkpoint_dir, read_run_config, 
 from .config import ModelConfig
 from .console import progress
 from .preflight import find_checkpoint_dir
+from .sources import normalize_tag
 
 
 def model_config_of(checkpoint: str, tag: str | None = None) -> ModelConfig:
@@ -49,8 +50,6 @@ def checkpoint_tag(checkpoint: str, tag: str | None) -> str | None:
         return None
     if not is_zero_checkpoint_dir(checkpoint):
         raise ValueError(f"--tag picks a step of a run's checkpoints/ folder; {checkpoint!r} is not one")
-    from .sources import normalize_tag
-
     tag = normalize_tag(tag)  # 200, step_200, step_00000200; latest -> None
     if not tag:
         return None
