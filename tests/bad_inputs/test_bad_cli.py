@@ -195,6 +195,18 @@ def test_a_damaged_safetensors_file_is_one_line(tmp_path, capsys, damage, comman
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_weights_get_names_a_damaged_cached_file(tmp_path, capsys, monkeypatch):
+    """A release file in the cache that is not a PyTorch checkpoint (copied by hand, cut short): one line."""
+    from mawstron.core.hub import cached_path
+
+    monkeypatch.setenv("MAWSTRON_CACHE", str(tmp_path / "cache"))
+    os.makedirs(os.path.dirname(cached_path("mae_vit_b16")))
+    with open(cached_path("mae_vit_b16"), "wb") as f:
+        f.write(b"<html>403 Forbidden</html>")
+    rc, out, err = run(capsys, "weights", "get", "mae_vit_b16")
+    assert rc == 2 and cached_path("mae_vit_b16") in err and "is not a PyTorch checkpoint" in err and not out
+
+
 def test_a_damaged_pt_file_is_one_line_where_weights_are_read(tmp_path):
     """A truncated .pt read by the weights loader (init_from, load_pretrained) is a ValueError naming the file."""
     from mawstron.core.weights import read_state_dict
