@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 
-from mawstron.parallel.argtypes import positive_int
+from mawstron.parallel.launcher.argtypes import positive_int
 
 
 def add_parser(subparsers):
@@ -22,7 +22,7 @@ def add_parser(subparsers):
 def benchmark_options_help() -> str:
     """The benchmark's own flags, passed on to every rank: shown by ``mawstron bench train --help`` too."""
     from mawstron.cli.train import recipe_options_help
-    from mawstron.parallel.bench import build_arg_parser
+    from mawstron.parallel.launcher.bench import build_arg_parser
 
     return recipe_options_help(build_arg_parser(), "benchmark options (passed on to every rank)", hide=())
 
@@ -30,8 +30,8 @@ def benchmark_options_help() -> str:
 def run(args, bench_args: list[str]) -> int:
     import torch
 
-    from mawstron.cli.train import _free_port
-    from mawstron.parallel.bench import build_arg_parser, config_from_args
+    from mawstron.parallel.launcher.launch import free_port
+    from mawstron.parallel.launcher.bench import build_arg_parser, config_from_args
     from mawstron.parallel.config import ConfigError
 
     try:
@@ -39,7 +39,7 @@ def run(args, bench_args: list[str]) -> int:
     except ConfigError as e:
         print(f"mawstron bench: config error: {e}", file=sys.stderr)
         return 2
-    from mawstron.parallel.preflight import warmup_notice
+    from mawstron.parallel.launcher.preflight import warmup_notice
 
     if warmup_notice(cfg):
         print(warmup_notice(cfg), file=sys.stderr)
@@ -53,5 +53,5 @@ def run(args, bench_args: list[str]) -> int:
     else:
         env.setdefault("DS_ACCELERATOR", "cpu")
         cmd += ["--num_gpus", str(args.gpus or 2)]
-    cmd += ["--master_port", str(_free_port()), "--module", "mawstron.parallel.bench", *bench_args]
+    cmd += ["--master_port", str(free_port()), "--module", "mawstron.parallel.launcher.bench", *bench_args]
     os.execvpe(cmd[0], cmd, env)

@@ -21,7 +21,7 @@ def add_parser(subparsers):
 
 
 def _rows(ckpt_dir: str, checksums: bool):
-    from mawstron.parallel import checkpoint as ckpt
+    from mawstron.parallel.checkpoints import store as ckpt
 
     latest = None
     if os.path.isfile(os.path.join(ckpt_dir, ckpt.LATEST)):
@@ -40,7 +40,7 @@ def _rows(ckpt_dir: str, checksums: bool):
 
 
 def run(args) -> int:
-    from mawstron.parallel import checkpoint as ckpt
+    from mawstron.parallel.checkpoints import store as ckpt
 
     if args.checkpoint_dir and args.checkpoint:
         raise SystemExit("mawstron checkpoints: give the checkpoint once, as --checkpoint")

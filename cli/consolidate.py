@@ -26,9 +26,9 @@ def add_parser(subparsers):
 def run(args) -> int:
     import sys
 
-    from mawstron.parallel.checkpoint import consolidate
-    from mawstron.parallel.preflight import find_checkpoint_dir
-    from mawstron.parallel.sources import resolve_checkpoint
+    from mawstron.parallel.checkpoints.consolidate import consolidate
+    from mawstron.parallel.checkpoints.sources import resolve_checkpoint
+    from mawstron.parallel.checkpoints.store import find_checkpoint_dir
 
     if args.checkpoint_dir and args.checkpoint:
         print("mawstron consolidate: give the checkpoint once, as --checkpoint", file=sys.stderr)

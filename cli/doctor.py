@@ -22,7 +22,7 @@ MARK = {"ok": "ok", "missing": "--", "skip": "..", "fail": "FAIL"}
 
 
 def run(args) -> int:
-    from mawstron.parallel.doctor import as_dicts, run_checks
+    from mawstron.parallel.launcher.doctor import as_dicts, run_checks
 
     checks = run_checks(require_gpu=args.require_gpu, hostfile=args.hostfile, compile_kernels=not args.no_compile)
     if args.json:

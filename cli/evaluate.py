@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from mawstron.parallel.argtypes import positive_int, positive_int_list
+from mawstron.parallel.launcher.argtypes import positive_int, positive_int_list
 
 
 def add_parser(subparsers):
@@ -60,7 +60,7 @@ def data_splits(data: str) -> tuple[str, str]:
 
 
 def run(args) -> int:
-    from mawstron.parallel.evaluate import evaluate
+    from mawstron.parallel.evaluation.evaluate import evaluate
 
     data_train, data_test = data_splits(args.data) if args.data else ("", "")
     train = args.train_shards or data_train
@@ -82,7 +82,7 @@ def run(args) -> int:
             return 2
     shots = args.shots
     from mawstron.parallel.console import stdout_to_stderr
-    from mawstron.parallel.sources import check_local_input, resolve_checkpoint
+    from mawstron.parallel.checkpoints.sources import check_local_input, resolve_checkpoint
 
     try:  # resolved here, outside the quiet block: a fallback to an older checkpoint is said on stderr
         check_local_input(train, "--train-shards", "eval")
@@ -108,8 +108,8 @@ def run(args) -> int:
 
 def run_zero_shot(args, test: str) -> int:
     from mawstron.parallel.console import stdout_to_stderr
-    from mawstron.parallel.sources import check_local_input, resolve_checkpoint
-    from mawstron.parallel.zero_shot import evaluate_zero_shot
+    from mawstron.parallel.checkpoints.sources import check_local_input, resolve_checkpoint
+    from mawstron.parallel.evaluation.zero_shot import evaluate_zero_shot
 
     if not test:
         raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")

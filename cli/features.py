@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from mawstron.parallel.argtypes import positive_int
+from mawstron.parallel.launcher.argtypes import positive_int
 
 
 def add_parser(subparsers):
@@ -38,13 +38,13 @@ def run(args) -> int:
 
     from mawstron.core.data.image_folder import image_loader
     from mawstron.core.eval import extract_features
-    from mawstron.parallel.evaluate import load_encoder_from_checkpoint
+    from mawstron.parallel.evaluation.evaluate import load_encoder_from_checkpoint
 
     if not args.out.endswith(".npy"):
         print(f"mawstron features: --out {args.out!r} must end in .npy", file=sys.stderr)
         return 2
     from mawstron.parallel.console import stdout_to_stderr
-    from mawstron.parallel.sources import check_local_input, resolve_checkpoint
+    from mawstron.parallel.checkpoints.sources import check_local_input, resolve_checkpoint
 
     try:
         check_local_input(args.images, "--images", "features")

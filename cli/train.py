@@ -12,10 +12,9 @@ import argparse
 import os
 import runpy
 import shutil
-import socket
 import sys
 
-from mawstron.parallel.argtypes import positive_int
+from mawstron.parallel.launcher.argtypes import positive_int
 
 
 def add_parser(subparsers):
@@ -38,7 +37,7 @@ def recipe_options_help(parser=None, title: str = "recipe options (passed on to 
     """The recipe's own flags (``--set``, ``--resume``, ``--overwrite``, ...), passed on to every rank: shown by
     ``mawstron train --help`` too.  Flags named in ``hide`` (``--gpus``, which ``mawstron train`` has itself and
     hands to the dry run) are left out, so no option is listed twice."""
-    from mawstron.parallel.launch import build_arg_parser
+    from mawstron.parallel.launcher.launch import build_arg_parser
 
     text = (parser or build_arg_parser()).format_help()
     options = text[text.index("options:") + len("options:"):] if "options:" in text else text
@@ -52,16 +51,10 @@ def recipe_options_help(parser=None, title: str = "recipe options (passed on to 
     return f"{title}:" + "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def validate(recipe: str, recipe_args: list[str]):
     """The recipe's resolved RunConfig (raises ConfigError / SystemExit with a message on any problem)."""
     from mawstron.parallel.config import RunConfig
-    from mawstron.parallel.launch import build_arg_parser, resolve_config
+    from mawstron.parallel.launcher.launch import build_arg_parser, resolve_config
 
     if not os.path.isfile(recipe):
         raise SystemExit(f"mawstron train: recipe {recipe!r} does not exist")
@@ -76,7 +69,7 @@ def _world_size(args, cuda: bool) -> tuple[int | None, str]:
     """(ranks the launcher will start, what they are) from --hostfile and --gpus; (None, message) when the
     hostfile is missing, malformed or cannot give --gpus per node."""
     if args.hostfile:
-        from mawstron.parallel.hostfile import HostfileError, describe, read_hostfile, world_size
+        from mawstron.parallel.launcher.hostfile import HostfileError, describe, read_hostfile, world_size
 
         try:
             pool = read_hostfile(args.hostfile)
@@ -105,8 +98,8 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: config error: {e}", file=sys.stderr)
         return 2
     from mawstron.core.data import check_data
-    from mawstron.parallel.periodic_eval import check_eval_data
-    from mawstron.parallel.sources import check_local_input
+    from mawstron.parallel.checkpoints.sources import check_local_input
+    from mawstron.parallel.training.periodic_eval import check_eval_data
 
     try:
         if cfg.data.source != "synthetic":
@@ -117,8 +110,8 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: data error: {e}", file=sys.stderr)
         return 2
     from mawstron.parallel.console import launcher_log_args
-    from mawstron.parallel.launch import build_arg_parser
-    from mawstron.parallel.preflight import PreflightError, clear_old_checkpoints, preflight
+    from mawstron.parallel.launcher.launch import build_arg_parser, free_port
+    from mawstron.parallel.launcher.preflight import PreflightError, prepare_run_folder
 
     recipe_flags = build_arg_parser().parse_args(recipe_args)
     world, where = _world_size(args, torch.cuda.is_available())
@@ -126,7 +119,7 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: {where}", file=sys.stderr)
         return 2
     if recipe_flags.dry_run:  # the recipe's own dry run, in this process: nothing starts
-        from mawstron.parallel.launch import launch
+        from mawstron.parallel.launcher.launch import launch
 
         planned = [f"--gpus={world}"] if (args.gpus or args.hostfile) and not recipe_flags.gpus else []
         return launch(cfg, recipe_args + planned)
@@ -136,18 +129,16 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: config error on {where}: {e}", file=sys.stderr)
         return 2
     try:
-        preflight(cfg, overwrite=recipe_flags.overwrite)
+        removed = prepare_run_folder(cfg, recipe_flags.overwrite)
     except PreflightError as e:
         print(f"mawstron: {e}", file=sys.stderr)
         return 2
-    from mawstron.parallel.preflight import warmup_notice
+    if removed:
+        print(f"[mawstron] --overwrite: removed {len(removed)} old checkpoint entries of {cfg.checkpoint_dir}")
+    from mawstron.parallel.launcher.preflight import warmup_notice
 
     if warmup_notice(cfg):
         print(warmup_notice(cfg), file=sys.stderr)
-    if recipe_flags.overwrite:
-        removed = clear_old_checkpoints(cfg)
-        if removed:
-            print(f"[mawstron] --overwrite: removed {len(removed)} old checkpoint entries of {cfg.checkpoint_dir}")
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [launcher, *launcher_log_args(recipe_flags.verbose or None)]
     env = dict(os.environ)
@@ -162,6 +153,6 @@ def run(args, recipe_args: list[str]) -> int:
         env.setdefault("DS_ACCELERATOR", "cpu")
         if args.gpus or not args.hostfile:
             cmd += ["--num_gpus", str(args.gpus or 2)]
-    cmd += ["--master_port", str(args.master_port or _free_port()), args.recipe, *recipe_args]
+    cmd += ["--master_port", str(args.master_port or free_port()), args.recipe, *recipe_args]
     print(f"[mawstron] config of {cfg.name} is valid; starting: {' '.join(cmd)}", flush=True)
     os.execvpe(cmd[0], cmd, env)

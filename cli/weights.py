@@ -36,7 +36,7 @@ def _progress(done: int, total: int) -> None:
 def run_get(args) -> int:
     from mawstron.core.hub import WeightsDownloadError, get_weights
 
-    from mawstron.parallel.sources import check_weights_file
+    from mawstron.parallel.checkpoints.sources import check_weights_file
 
     for name in args.names:
         try:

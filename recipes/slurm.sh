@@ -38,7 +38,7 @@ HOSTFILE=${HOSTFILE:-runs/slurm-${SLURM_JOB_ID:-dry-run}.hosts}
 say() { echo "[slurm.sh] $*" >&2; }
 
 # 1. the job's nodes as a DeepSpeed hostfile (HOST slots=GPUS), checked by DeepSpeed's own parser
-"$PY" -m mawstron.parallel.hostfile slurm "$HOSTFILE" ${GPUS_PER_NODE:+--gpus-per-node "$GPUS_PER_NODE"}
+"$PY" -m mawstron.parallel.launcher.hostfile slurm "$HOSTFILE" ${GPUS_PER_NODE:+--gpus-per-node "$GPUS_PER_NODE"}
 
 # 2. a requeued job continues its run: --resume when the run folder already holds a complete checkpoint
 mapfile -t RUN < <("$PY" - "$RECIPE" "$@" <<'PY'
@@ -46,7 +46,7 @@ import sys
 from mawstron.parallel.console import quiet_third_party
 quiet_third_party()
 from mawstron.cli.train import validate
-from mawstron.parallel.checkpoint import is_zero_checkpoint_dir
+from mawstron.parallel.checkpoints.store import is_zero_checkpoint_dir
 recipe, args = sys.argv[1], sys.argv[2:]
 cfg = validate(recipe, args)
 fresh = not is_zero_checkpoint_dir(cfg.checkpoint_dir) or "--resume" in args or "--overwrite" in args
@@ -66,7 +66,7 @@ if [ -n "${RUN[1]:-}" ]; then EXTRA=(--resume); say "$RUN_DIR holds checkpoints:
 #    preemption) reaches every process of the step: each rank records it, all save the same step, then exit 75
 MASTER_ADDR=$(head -n 1 "$HOSTFILE" | cut -d' ' -f1)
 MASTER_PORT=${MASTER_PORT:-29500}
-WORLD_INFO=$("$PY" -m mawstron.parallel.hostfile world-info "$HOSTFILE")
+WORLD_INFO=$("$PY" -m mawstron.parallel.launcher.hostfile world-info "$HOSTFILE")
 NODE_CMD='exec "$1" -u -m deepspeed.launcher.launch --world_info="$2" --node_rank="$SLURM_NODEID" --master_addr="$3" --master_port="$4" --log_level=warning "${@:5}"'
 SRUN=(srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$NODE_CMD" _ "$PY" "$WORLD_INFO" "$MASTER_ADDR"
       "$MASTER_PORT" "$RECIPE" "$@" "${EXTRA[@]}")

@@ -9,8 +9,8 @@ import shlex
 import subprocess
 import sys
 
-from mawstron.parallel import checkpoint as ckpt
-from mawstron.parallel.hostfile import expand_nodelist, read_hostfile
+from mawstron.parallel.checkpoints import store as ckpt
+from mawstron.parallel.launcher.hostfile import expand_nodelist, read_hostfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

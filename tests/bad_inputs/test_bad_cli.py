@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mawstron.cli.main import main
-from mawstron.parallel import checkpoint as ckpt
+from mawstron.parallel.checkpoints import store as ckpt
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes",
                     "vit_tiny_mae.py")
@@ -129,7 +129,7 @@ def test_a_fallback_to_an_older_checkpoint_is_said_on_stderr_and_strict_refuses(
 
 def test_a_damaged_latest_checkpoint_is_named_with_both_tags(tmp_path, capsys):
     """A flipped byte in the step 'latest' names: the fallback line names it, the file, and the step used."""
-    from mawstron.parallel.sources import pick_tag
+    from mawstron.parallel.checkpoints.sources import pick_tag
 
     ckpt_dir = fake_run(str(tmp_path / "run"))
     shard = os.path.join(ckpt_dir, "step_00000008", "zero_pp_rank_0_mp_rank_00_model_states.pt")
@@ -150,7 +150,7 @@ def test_a_damaged_latest_checkpoint_is_named_with_both_tags(tmp_path, capsys):
 @pytest.mark.parametrize("form", ["4", "step_4", "step_00000004", "latest"])
 def test_every_command_takes_every_tag_form(tmp_path, capsys, form):
     """consolidate, eval and features accept --tag 4, step_4, step_00000004 and latest alike."""
-    from mawstron.parallel.sources import normalize_tag, pick_tag
+    from mawstron.parallel.checkpoints.sources import normalize_tag, pick_tag
 
     ckpt_dir = fake_run(str(tmp_path / "run"), steps=(4,))
     assert pick_tag(ckpt_dir, form) == "step_00000004"
@@ -261,7 +261,7 @@ def test_bench_p90_is_never_below_the_median():
     """The benchmark's p90 interpolates, so it is at least the median for any number of steps."""
     import statistics
 
-    from mawstron.parallel.bench import percentile
+    from mawstron.parallel.launcher.bench import percentile
 
     for times in ([1.0, 3.0], [2.0, 1.0, 5.0], [1.0] * 9 + [10.0]):
         assert percentile(sorted(times), 90) >= statistics.median(times)
@@ -271,8 +271,8 @@ def test_bench_p90_is_never_below_the_median():
 def test_a_warmup_longer_than_the_run_is_warned(tmp_path, capsys):
     """`--set train.steps=20` on a paper recipe leaves a 36,621-step lr warmup: said before launch."""
     from mawstron.parallel.config import apply_overrides
-    from mawstron.parallel.paper import mae_run
-    from mawstron.parallel.preflight import warmup_notice
+    from mawstron.parallel.planning.paper import mae_run
+    from mawstron.parallel.launcher.preflight import warmup_notice
 
     cfg = apply_overrides(mae_run("b", "vit_b16", micro_batch=256), [], ["train.steps=20"])
     assert "optim.warmup_steps=36621 is not shorter than train.steps=20" in warmup_notice(cfg)
