@@ -24,7 +24,8 @@ def add_parser(subparsers):
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens")
     p.add_argument("--loader", choices=("dali", "torch"), default="dali", help="decoding of the shards")
-    p.add_argument("--tag", default=None, help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--tag", default=None,
+                   help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
     p.add_argument("--strict", action="store_true",
                    help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
                         "a torn, missing or damaged checkpoint")

@@ -14,7 +14,8 @@ def add_parser(subparsers):
     p.add_argument("--checkpoint", required=True,
                    help="a run folder, its checkpoints/ folder, a .safetensors file or a released name "
                         "(maws_vit_b16; `mawstron weights list`)")
-    p.add_argument("--tag", default=None, help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--tag", default=None,
+                   help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
     p.add_argument("--strict", action="store_true",
                    help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
                         "a torn, missing or damaged checkpoint")

@@ -9,7 +9,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser("show-mae", help="PNG grid: original / masked / MAE reconstruction")
     p.add_argument("--checkpoint", required=True,
                    help="an MAE run's checkpoints/ folder, or a weights file with the decoder (then --preset)")
-    p.add_argument("--tag", default=None, help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--tag", default=None,
+                   help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
     p.add_argument("--strict", action="store_true",
                    help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
                         "a torn, missing or damaged checkpoint")

@@ -40,7 +40,8 @@ def check_torch(require_gpu: bool) -> list[Check]:
     cuda = torch.version.cuda
     out = [Check("torch", "ok" if cuda or not require_gpu else "fail",
                  f"{torch.__version__} ({f'CUDA {cuda} build' if cuda else 'CPU build'})",
-                 "" if cuda else f"for GPUs install a CUDA build first: pip install torch --index-url {TORCH_CUDA_INDEX}")]
+                 "" if cuda else
+                 f"for GPUs install a CUDA build first: pip install torch --index-url {TORCH_CUDA_INDEX}")]
     if torch.cuda.is_available():
         names = [f"{torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
                  for i in range(torch.cuda.device_count())]
@@ -61,7 +62,8 @@ def check_nccl(require_gpu: bool) -> Check:
         return Check("NCCL", "fail" if require_gpu else "skip", "no GPU: the ranks talk over gloo",
                      "NCCL comes with a CUDA build of torch")
     if not dist.is_nccl_available():
-        return Check("NCCL", "fail", "this torch build has no NCCL", f"pip install torch --index-url {TORCH_CUDA_INDEX}")
+        return Check("NCCL", "fail", "this torch build has no NCCL",
+                     f"pip install torch --index-url {TORCH_CUDA_INDEX}")
     version = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else "?"
     return Check("NCCL", "ok", f"{version} (NCCL_DEBUG=INFO on a run shows the network it picked)")
 
@@ -76,7 +78,8 @@ def check_deepspeed(require_gpu: bool) -> list[Check]:
 
     prebuilt = sorted(op for op, built in installed_ops.items() if built)
     ninja = shutil.which("ninja") or _version("ninja")
-    checks = [Check("DeepSpeed", "ok", f"{ds_version}; ops prebuilt: {', '.join(prebuilt) or 'none (JIT on first use)'}")]
+    built = ", ".join(prebuilt) or "none (JIT on first use)"
+    checks = [Check("DeepSpeed", "ok", f"{ds_version}; ops prebuilt: {built}")]
     if not prebuilt:
         if not ninja:
             checks.append(Check("DeepSpeed JIT", "fail", "ops build on first use but ninja is missing",
