@@ -45,7 +45,7 @@ demo: $(STAMP)
 	$(BIN)/mawstron train recipes/vit_tiny_mae.py --gpus 2 --overwrite --set output_dir=$(DEMO_DIR)/mae $(DEMO_SHARDS)
 	$(BIN)/mawstron train recipes/vit_tiny_wsp.py --gpus 2 --overwrite --set output_dir=$(DEMO_DIR)/wsp $(DEMO_SHARDS) \
 		--set checkpoint.init_from=$(DEMO_DIR)/mae/checkpoints
-	$(BIN)/mawstron consolidate $(DEMO_DIR)/wsp/checkpoints --keep-head --out $(DEMO_DIR)/vit_tiny_maws.safetensors
+	$(BIN)/mawstron consolidate --checkpoint $(DEMO_DIR)/wsp/checkpoints --keep-head --out $(DEMO_DIR)/vit_tiny_maws.safetensors
 	$(BIN)/mawstron train recipes/vit_tiny_lit.py --gpus 2 --overwrite --set output_dir=$(DEMO_DIR)/lit $(DEMO_SHARDS) \
 		--set checkpoint.init_from=$(DEMO_DIR)/wsp/checkpoints --set train.steps=$(DEMO_LIT_STEPS)
 	$(BIN)/mawstron eval --zero-shot --checkpoint $(DEMO_DIR)/lit/checkpoints --data $(DEMO_DATA)

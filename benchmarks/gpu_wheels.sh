@@ -9,8 +9,17 @@
 # --platform manylinux2014_x86_64 (and the manylinux_2_17 alias).  torch is never downloaded.  DALI (about
 # 1 GB) is not included: gpu_check.sh skips the DALI part where it is missing.
 set -euo pipefail
+DIR=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -*) echo "gpu_wheels.sh: unknown option $1 (usage: benchmarks/gpu_wheels.sh [DIR]; --help)" >&2; exit 2 ;;
+    *) if [ -n "$DIR" ]; then echo "gpu_wheels.sh: one folder only, got $DIR and $1" >&2; exit 2; fi; DIR=$1 ;;
+  esac
+  shift
+done
 cd "$(dirname "$0")/.."
-DIR=${1:-runs/gpu_wheels}
+DIR=${DIR:-runs/gpu_wheels}
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 DEEPSPEED_VERSION=${DEEPSPEED_VERSION:-$("$PY" -c "from importlib.metadata import version; print(version('deepspeed'))" 2>/dev/null || echo 0.18.4)}
 mkdir -p "$DIR"

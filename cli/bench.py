@@ -7,12 +7,15 @@ import os
 import shutil
 import sys
 
+from mawstron.parallel.launcher.argtypes import positive_int
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("bench", help="benchmarks: `mawstron bench train --model vit_l16 --stage mae`",
                               epilog=benchmark_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("train",), help="train: training throughput (images/s, TFLOP/s, MFU, memory)")
-    p.add_argument("--gpus", type=int, default=0, help="ranks on this node (default: all GPUs, or 2 CPU ranks)")
+    p.add_argument("--gpus", type=positive_int, default=0,
+                   help="ranks on this node (default: all GPUs, or 2 CPU ranks)")
     p.set_defaults(func=run, pass_unknown=True)
 
 
@@ -21,7 +24,7 @@ def benchmark_options_help() -> str:
     from mawstron.cli.train import recipe_options_help
     from mawstron.parallel.launcher.bench import build_arg_parser
 
-    return recipe_options_help(build_arg_parser(), "benchmark options (passed on to every rank)")
+    return recipe_options_help(build_arg_parser(), "benchmark options (passed on to every rank)", hide=())
 
 
 def run(args, bench_args: list[str]) -> int:
@@ -32,10 +35,14 @@ def run(args, bench_args: list[str]) -> int:
     from mawstron.parallel.config import ConfigError
 
     try:
-        config_from_args(build_arg_parser().parse_args(bench_args))  # validate before any rank starts
+        cfg = config_from_args(build_arg_parser().parse_args(bench_args))  # validate before any rank starts
     except ConfigError as e:
         print(f"mawstron bench: config error: {e}", file=sys.stderr)
         return 2
+    from mawstron.parallel.launcher.preflight import warmup_notice
+
+    if warmup_notice(cfg):
+        print(warmup_notice(cfg), file=sys.stderr)
     env = dict(os.environ)
     from mawstron.parallel.console import launcher_log_args
 

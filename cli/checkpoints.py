@@ -1,4 +1,4 @@
-"""``mawstron checkpoints list|verify DIR``: each checkpoint's step, world size, size and verdict.
+"""``mawstron checkpoints list|verify --checkpoint DIR``: each checkpoint's step, world size, size and verdict.
 
 ``list`` checks presence and sizes against each manifest (instant); ``verify`` also recomputes every file's
 CRC-32 and exits 1 if any checkpoint is damaged, naming the file.
@@ -6,14 +6,17 @@ CRC-32 and exits 1 if any checkpoint is damaged, naming the file.
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("checkpoints", help="list or verify a run's checkpoints against their manifests",
                               description=__doc__)
-    p.add_argument("action", choices=("list", "verify"))
-    p.add_argument("checkpoint_dir", help="a run's checkpoints/ folder, or the run folder holding it")
+    p.add_argument("action", choices=("list", "verify"), help="list: sizes against the manifests; verify: CRC-32 too")
+    p.add_argument("--checkpoint", default=None, help="a run folder, or its checkpoints/ folder")
+    p.add_argument("checkpoint_dir", nargs="?", default=None, help=argparse.SUPPRESS)  # old spelling: positional
     p.set_defaults(func=run)
 
 
@@ -39,6 +42,14 @@ def _rows(ckpt_dir: str, checksums: bool):
 def run(args) -> int:
     from mawstron.parallel.checkpoints import store as ckpt
 
+    if args.checkpoint_dir and args.checkpoint:
+        raise SystemExit("mawstron checkpoints: give the checkpoint once, as --checkpoint")
+    if args.checkpoint_dir:
+        print(f"mawstron checkpoints: the folder as a positional argument is deprecated; give it as --checkpoint "
+              f"{args.checkpoint_dir}", file=sys.stderr)
+    args.checkpoint_dir = args.checkpoint or args.checkpoint_dir
+    if not args.checkpoint_dir:
+        raise SystemExit("mawstron checkpoints: give --checkpoint RUN (a run folder or its checkpoints/ folder)")
     ckpt_dir = args.checkpoint_dir
     if not ckpt.complete_tags(ckpt_dir) and ckpt.complete_tags(os.path.join(ckpt_dir, "checkpoints")):
         ckpt_dir = os.path.join(ckpt_dir, "checkpoints")  # the run folder was given

@@ -28,7 +28,7 @@ def add_parser(subparsers):
     s = sub.add_parser("synth", help="write a procedurally generated web-image collection as JPEG webdataset shards")
     s.add_argument("--out", required=True, help="output folder (train-*.tar, eval-{train,test}-*.tar, manifest.json)")
     s.add_argument("--images", type=int, required=True, help="training images (noisy hashtags)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="the collection is byte-identical for a seed")
     s.add_argument("--size", type=int, default=64, help="image side in pixels (16-512)")
     s.add_argument("--eval-images", type=int, default=500, help="images in each evaluation split (clean labels)")
     s.add_argument("--shard-size", type=int, default=500, help="samples per tar shard")
@@ -56,7 +56,7 @@ def add_parser(subparsers):
     add_stats_parser(sub)
 
     i = sub.add_parser("index", help="write DALI index files (wds2idx v1.2) for shards; report bad samples")
-    i.add_argument("--shards", required=True)
+    i.add_argument("--shards", required=True, help="a glob, brace pattern or comma-separated list of tar shards")
     i.add_argument("--index-dir", default="", help="where to write them (default: beside the shards)")
     i.add_argument("--no-validate", action="store_true", help="check JPEG markers only, do not decode with PIL")
     i.add_argument("--force", action="store_true", help="rebuild even if a cached index is current")

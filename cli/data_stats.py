@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     t.add_argument("--resample", default="sqrt", choices=("sqrt", "inverse"), help="the rule to show")
     t.add_argument("--power", type=float, default=-1.0, help="override the rule's power (sqrt 0.5, inverse 0)")
     t.add_argument("--plot", default="", help="write the rank/share plot here (PNG; needs the plot extra)")
-    t.add_argument("--json", default="", help="write every number here")
+    t.add_argument("--json", nargs="?", const="-", default="", metavar="",
+                   help="print every number as one JSON line on stdout (the table goes to stderr)")
+    t.add_argument("--out", default="", help="write every number as JSON to this file")
     t.add_argument("--top", type=int, default=10, help="rows printed from the head and from the tail")
     add_engine_args(t)
     t.set_defaults(func=run_stats)
@@ -43,25 +45,32 @@ def run_stats(args) -> int:
 
     report.update(shards=len(shards), vocab=args.vocab, resample=args.resample, commit=git_commit(),
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if args.json and args.json != "-":  # the old spelling, --json FILE
+        print(f"mawstron data stats: --json FILE is deprecated; use --out {args.json} (--json alone prints the JSON "
+              f"on stdout)", file=sys.stderr)
+        args.out, args.json = args.out or args.json, ""
+    table = sys.stderr if args.json else sys.stdout  # stdout holds the JSON line alone
     rows = report["tags"]
     shown = rows if len(rows) <= 2 * args.top else rows[:args.top] + [None] + rows[-args.top:]
     print(f"{report['images']} images ({report['images_without_known_tag']} without a known tag, never drawn), "
-          f"{len(rows)} tags; data.resample={args.resample} (power {power:g}): share of tag occurrences")
-    print(f"{'rank':>4} {'tag':<14} {'images':>7} {'natural':>8} {'resampled':>9} {'target':>8}")
+          f"{len(rows)} tags; data.resample={args.resample} (power {power:g}): share of tag occurrences", file=table)
+    print(f"{'rank':>4} {'tag':<14} {'images':>7} {'natural':>8} {'resampled':>9} {'target':>8}", file=table)
     for r in shown:
         if r is None:
-            print(f"{'...':>4}")
+            print(f"{'...':>4}", file=table)
             continue
         print(f"{r['rank']:>4} {r['tag']:<14} {r['images']:>7} {r['natural_share']:>8.2%} "
-              f"{r['resampled_share']:>9.2%} {r['target_share']:>8.2%}")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
+              f"{r['resampled_share']:>9.2%} {r['target_share']:>8.2%}", file=table)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
     if args.plot:
         write_distribution_plot(report, args.plot, title=f"{args.shards} ({report['images']} images); "
                                                           f"{report['date'][:10]}, commit {report['commit']}")
-        print(f"plot -> {args.plot}")
+        print(f"plot -> {args.plot}", file=table)
+    if args.json:
+        print(json.dumps(report))
     return 0
 
 

@@ -6,23 +6,35 @@ import json
 import os
 import sys
 
-from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release
+from mawstron.parallel.launcher.argtypes import positive_int, positive_int_list
+
+from .ranks import (add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release,
+                    resolve_source)
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="linear probe + k-shot of a checkpoint on labelled shards")
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder (ZeRO-3), a consolidated file, "
-                   "or a released name (maws_vit_h14; `mawstron weights list`)")
-    p.add_argument("--data", default="", help="a `mawstron data synth` folder (DATA/eval-{train,test}-*.tar) or an "
-                   "ImageNet-style tree: DATA/train/ and DATA/val/ as class folders or as webdataset shards")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run folder, its checkpoints/ folder (ZeRO-3), a .safetensors file or a released name "
+                        "(maws_vit_h14; `mawstron weights list`)")
+    p.add_argument("--data", default="", help="a `mawstron data synth` folder (DATA/eval-{train,test}-*.tar), a "
+                   "`data from-folder` one (DATA/{train,val}-*.tar), or an ImageNet-style tree: DATA/train/ and "
+                   "DATA/val/ as class folders or as webdataset shards")
     p.add_argument("--train-shards", default="", help="labelled shards to fit the probes on (overrides --data)")
     p.add_argument("--test-shards", default="", help="labelled shards to measure accuracy on (overrides --data)")
-    p.add_argument("--shots", default="1,5,10", help="k-shot settings, comma-separated")
-    p.add_argument("--draws", type=int, default=5, help="random draws averaged per k-shot setting")
-    p.add_argument("--pool", choices=("token", "avg"), default="token")
-    p.add_argument("--loader", choices=("dali", "torch"), default="dali")
-    p.add_argument("--tag", default=None, help="checkpoint step to evaluate, e.g. step_00000400 (default: 'latest')")
+    p.add_argument("--shots", type=positive_int_list, default=(1, 5, 10),
+                   help="k-shot settings, comma-separated whole numbers of 1 or more (default: 1,5,10)")
+    p.add_argument("--draws", type=positive_int, default=5, help="random draws averaged per k-shot setting")
+    p.add_argument("--pool", choices=("token", "avg"), default="token",
+                   help="class token, or the mean of the patch tokens")
+    p.add_argument("--loader", choices=("dali", "torch"), default="dali", help="decoding of the shards")
+    p.add_argument("--tag", default=None,
+                   help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
+                        "a torn, missing or damaged checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     p.add_argument("--verbose", dest="verbose_here", action="store_true",
                    help="show DeepSpeed INFO lines and third-party warnings")
     p.add_argument("--zero-shot", action="store_true",
@@ -43,6 +55,22 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
+# labelled (train, test) splits a --data folder may hold: `data synth`'s, then `data from-folder`'s
+DATA_SPLITS = (("eval-train", "eval-test"), ("train", "val"), ("train", "test"))
+
+
+def data_splits(data: str) -> tuple[str, str] | None:
+    """The (train, test) shard patterns in ``data``: ``eval-train``/``eval-test`` (``mawstron data synth``), else
+    ``train``/``val`` as ``mawstron data from-folder --split`` writes them; None when no pair is complete."""
+    import glob
+
+    for train, test in DATA_SPLITS:
+        pair = tuple(os.path.join(data, f"{split}-*.tar") for split in (train, test))
+        if all(glob.glob(p) for p in pair):
+            return pair
+    return None
+
+
 def run(args, argv: list[str] | None = None) -> int:
     from mawstron.parallel.evaluation.evaluate import eval_splits, evaluate
 
@@ -53,10 +81,15 @@ def run(args, argv: list[str] | None = None) -> int:
     if args.probe_epochs <= 0 or args.probe_batch_size <= 0 or args.batch_size <= 0:
         print("mawstron eval: --probe-epochs, --probe-batch-size and --batch-size must be positive", file=sys.stderr)
         return 2
-    train = args.train_shards or (os.path.join(args.data, "eval-train-*.tar") if args.data else "")
-    test = args.test_shards or (os.path.join(args.data, "eval-test-*.tar") if args.data else "")
-    if args.data and not (args.train_shards and args.test_shards) and os.path.isdir(args.data):
-        try:
+    data_train, data_test = ("", "")
+    if args.data:
+        data_train, data_test = data_splits(args.data) or tuple(
+            os.path.join(args.data, f"{split}-*.tar") for split in DATA_SPLITS[0])
+    train = args.train_shards or data_train
+    test = args.test_shards or data_test
+    if args.data and not (args.train_shards and args.test_shards) and os.path.isdir(args.data) \
+            and not data_splits(args.data):
+        try:  # an ImageNet-style tree: train/ and val/ as class folders or folders of shards
             tree_train, tree_test = eval_splits(args.data)
         except ValueError as e:
             print(f"mawstron eval: {e}", file=sys.stderr)
@@ -76,19 +109,24 @@ def run(args, argv: list[str] | None = None) -> int:
         missing = [p for p in (train, test) if not glob.glob(p)]
         if missing:
             print(f"mawstron eval: --data {args.data} holds no {', '.join(os.path.basename(p) for p in missing)}; "
-                  f"give --data the folder `mawstron data synth --out DIR` wrote (e.g. --data runs/demo/data), or "
-                  f"--train-shards and --test-shards", file=sys.stderr)
+                  f"give --data the folder `mawstron data synth --out DIR` wrote (e.g. --data runs/demo/data) or "
+                  f"the one `mawstron data from-folder` wrote a train and a val split into, or --train-shards and "
+                  f"--test-shards", file=sys.stderr)
             return 2
-    shots = tuple(int(s) for s in args.shots.split(",") if s)
+    shots = args.shots
+    from mawstron.parallel.checkpoints.sources import check_local_input
     from mawstron.parallel.console import stdout_to_stderr
 
     probe_options = {"epochs": args.probe_epochs, "batch_size": args.probe_batch_size} if args.probe == "sgd" else {}
-    try:
+    try:  # resolved here, outside the quiet block: a fallback to an older checkpoint is said on stderr
+        check_local_input(train, "--train-shards", "eval", remote_ok=True)
+        check_local_input(test, "--test-shards", "eval", remote_ok=True)
+        checkpoint, tag = resolve_source(args)
         with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
-            result = evaluate(args.checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
-                              loader=args.loader, tag=args.tag, device=args.device, precision=args.precision,
+            result = evaluate(checkpoint, train, test, shots=shots, draws=args.draws, pool=args.pool,
+                              loader=args.loader, tag=tag, device=args.device, precision=args.precision,
                               probe=args.probe, probe_options=probe_options, batch_size=args.batch_size,
-                              workers=args.workers)
+                              workers=args.workers, quiet=args.quiet)
     except (FileNotFoundError, ValueError, MemoryError) as e:
         print(f"mawstron eval: {e}", file=sys.stderr)
         leave_rank(2)
@@ -111,17 +149,22 @@ def run(args, argv: list[str] | None = None) -> int:
 
 
 def run_zero_shot(args, test: str) -> int:
+    from mawstron.parallel.checkpoints.sources import check_local_input, resolve_checkpoint
     from mawstron.parallel.console import stdout_to_stderr
     from mawstron.parallel.evaluation.zero_shot import evaluate_zero_shot
 
     if not test:
         raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")
     try:
+        check_local_input(test, "--test-shards", "eval", remote_ok=True)
+        checkpoint, tag = args.checkpoint, None
+        if os.path.isdir(args.checkpoint):  # a LiT run: its verified step, a fallback said here on stderr
+            checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
         # DeepSpeed's shard merging prints progress on stdout: keep stdout for the result (one line with --json)
         with stdout_to_stderr():
-            result = evaluate_zero_shot(args.checkpoint, test, classnames=args.classnames, templates=args.templates,
+            result = evaluate_zero_shot(checkpoint, test, classnames=args.classnames, templates=args.templates,
                                         tokenizer=args.tokenizer, batch_size=args.batch_size, device=args.device,
-                                        precision=args.precision, workers=args.workers)
+                                        precision=args.precision, workers=args.workers, tag=tag)
     except (FileNotFoundError, ValueError) as e:
         print(f"mawstron eval --zero-shot: {e}", file=sys.stderr)
         leave_rank(2)

@@ -6,19 +6,28 @@ import json
 import os
 import sys
 
-from .ranks import add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release
+from mawstron.parallel.launcher.argtypes import positive_int
+
+from .ranks import (add_rank_args, check_rank_args, exec_launcher, launch_command, leave_rank, prefetch_release,
+                    resolve_source)
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("features", help="encoder features of a folder of images -> .npy")
     p.add_argument("--checkpoint", required=True,
-                   help="a run's checkpoints/ folder, a consolidated .safetensors, or a released name (maws_vit_b16)")
-    p.add_argument("--tag", default=None, help="checkpoint step (step_00000400 or 400; default: 'latest')")
+                   help="a run folder, its checkpoints/ folder, a .safetensors file or a released name "
+                        "(maws_vit_b16; `mawstron weights list`)")
+    p.add_argument("--tag", default=None,
+                   help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
+                        "a torn, missing or damaged checkpoint")
     p.add_argument("--images", required=True, help="a folder of images, or an ImageFolder (ROOT/<class>/<image>)")
     p.add_argument("--out", required=True, help="output .npy: float32 [images, embed_dim]")
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens (often better for MAE encoders)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass on each rank")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     add_rank_args(p)
     p.set_defaults(func=run)
 
@@ -47,10 +56,16 @@ def run(args, argv: list[str] | None = None) -> int:
     if cmd:
         prefetch_release(args.checkpoint)
         exec_launcher(cmd, args.device)
+    from mawstron.parallel.checkpoints.sources import check_local_input
+    from mawstron.parallel.console import stdout_to_stderr
+
     ranks = Ranks(args.device)
     try:
+        check_local_input(args.images, "--images", "features")
+        checkpoint, tag = resolve_source(args)
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        model = load_encoder_from_checkpoint(args.checkpoint, args.tag, dtype=dtype).to(ranks.device)
+        with stdout_to_stderr():  # DeepSpeed's ZeRO merge prints progress: stdout keeps the result alone
+            model = load_encoder_from_checkpoint(checkpoint, tag, dtype=dtype).to(ranks.device)
         loader = image_loader(args.images, img_size=model.config.img_size, batch_size=args.batch_size)
         check_rank_count(loader.num_images, ranks.world, f"--images {args.images}")
         workers = args.workers
@@ -58,7 +73,7 @@ def run(args, argv: list[str] | None = None) -> int:
             workers = min(8, len(os.sched_getaffinity(0)) // ranks.world) if ranks.device.type == "cuda" else 0
         ranks.join()
         feats, labels = extract_split(model, loader, ranks, split="images", pool=args.pool, precision=args.precision,
-                                      batch_size=args.batch_size, workers=workers)
+                                      batch_size=args.batch_size, workers=workers, quiet=args.quiet)
     except (ValueError, FileNotFoundError) as e:
         print(f"mawstron features: {e}", file=sys.stderr)
         ranks.close()
@@ -70,7 +85,7 @@ def run(args, argv: list[str] | None = None) -> int:
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, feats.numpy())
-    index = {"checkpoint": args.checkpoint, "tag": args.tag, "pool": args.pool, "shape": list(feats.shape),
+    index = {"checkpoint": args.checkpoint, "tag": tag, "pool": args.pool, "shape": list(feats.shape),
              "images": [_name(item, args.images) for item in loader.items()]}
     if (labels >= 0).all():
         index["labels"] = labels.tolist()

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "features": "features",
     "show-mae": "show_mae",
     "weights": "weights",
+    "doctor": "doctor",
 }
 
 
@@ -51,11 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 
     verbose = args.verbose or getattr(args, "verbose_here", False) or "--verbose" in unknown
     quiet_third_party(verbose or None)
-    if getattr(args, "pass_unknown", False):  # `mawstron train RECIPE ...`: the rest belongs to the recipe
-        return int(args.func(args, unknown) or 0)
-    if unknown:
+    if not getattr(args, "pass_unknown", False) and unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return int(args.func(args) or 0)
+    try:
+        if getattr(args, "pass_unknown", False):  # `mawstron train RECIPE ...`: the rest belongs to the recipe
+            return int(args.func(args, unknown) or 0)
+        return int(args.func(args) or 0)
+    except SystemExit as e:  # a command's one-line refusal (`raise SystemExit("...")`): a usage error, exit 2
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -108,3 +108,20 @@ def leave_rank(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def resolve_source(args) -> tuple[str, str | None]:
+    """``(checkpoint, tag)`` for ``--checkpoint``/``--tag``/``--strict`` of an evaluation command: a released name
+    stays a name (the loader builds its preset and reads it from the weights cache, where ``prefetch_release`` put
+    it); any other form is resolved to a verified step, a fallback to an older one said on stderr by rank 0."""
+    from mawstron.core.hub import RELEASES
+    from mawstron.parallel.checkpoints.sources import normalize_tag, resolve_checkpoint
+
+    if args.checkpoint in RELEASES and not os.path.exists(args.checkpoint):
+        if normalize_tag(args.tag):
+            raise ValueError(f"--tag picks a step of a checkpoint folder; {args.checkpoint} is a released name: "
+                             f"drop --tag")
+        return args.checkpoint, None
+    first = os.environ.get("RANK", "0") == "0"
+    return resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict,
+                              say=lambda message: print(message, file=sys.stderr, flush=True) if first else None)

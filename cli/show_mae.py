@@ -9,7 +9,11 @@ def add_parser(subparsers):
     p = subparsers.add_parser("show-mae", help="PNG grid: original / masked / MAE reconstruction")
     p.add_argument("--checkpoint", required=True,
                    help="an MAE run's checkpoints/ folder, or a weights file with the decoder (then --preset)")
-    p.add_argument("--tag", default=None, help="checkpoint step (step_00000400 or 400; default: 'latest')")
+    p.add_argument("--tag", default=None,
+                   help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse, instead of falling back to the newest checkpoint that verifies, when 'latest' names "
+                        "a torn, missing or damaged checkpoint")
     p.add_argument("--preset", default="", help="encoder preset of a weights file, e.g. vit_l16")
     p.add_argument("--norm-pix", choices=("auto", "yes", "no"), default="auto",
                    help="whether the decoder predicts per-patch normalised pixels (auto: the run's setting; "
@@ -28,7 +32,9 @@ def run(args) -> int:
     from PIL import Image
 
     from mawstron.core.data.image_folder import image_loader
+    from mawstron.core.eval.linear import resolve_device
     from mawstron.core.eval.reconstruction import reconstruct, reconstruction_grid
+    from mawstron.parallel.checkpoints.sources import check_local_input, resolve_checkpoint
     from mawstron.parallel.evaluation.evaluate import checkpoint_tag
     from mawstron.parallel.evaluation.show_mae import load_mae
 
@@ -38,11 +44,12 @@ def run(args) -> int:
     norm_pix = {"auto": None, "yes": True, "no": False}[args.norm_pix]
     if args.norm_pix == "auto" and args.preset:
         norm_pix = False  # MAE's visualisation weights were trained on raw pixels
-    from mawstron.core.eval.linear import resolve_device
 
     try:
         device = resolve_device(args.device)
-        model = load_mae(args.checkpoint, checkpoint_tag(args.checkpoint, args.tag), args.preset, norm_pix)
+        check_local_input(args.images, "--images", "show-mae")
+        checkpoint, tag = resolve_checkpoint(args.checkpoint, args.tag, strict=args.strict)
+        model = load_mae(checkpoint, checkpoint_tag(checkpoint, tag), args.preset, norm_pix)
         loader = image_loader(args.images, img_size=model.config.img_size, batch_size=max(1, args.max_images))
     except (ValueError, FileNotFoundError) as e:
         print(f"mawstron show-mae: {e}", file=sys.stderr)

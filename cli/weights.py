@@ -36,10 +36,13 @@ def _progress(done: int, total: int) -> None:
 def run_get(args) -> int:
     from mawstron.core.hub import WeightsDownloadError, get_weights
 
+    from mawstron.parallel.checkpoints.sources import check_weights_file
+
     for name in args.names:
         try:
             path = get_weights(name, progress=_progress if sys.stderr.isatty() else None)
-        except (KeyError, WeightsDownloadError) as e:
+            check_weights_file(path)  # a file put into the cache by hand, or damaged there: named in one line
+        except (KeyError, WeightsDownloadError, ValueError) as e:
             print(f"mawstron weights get: {e.args[0]}", file=sys.stderr)
             return 2
         print(path)

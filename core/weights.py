@@ -96,7 +96,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         how = ("it holds no checkpoint ('latest' or a complete step_* folder)" if _FOLDER_READERS else
                "reading a ZeRO checkpoint folder needs DeepSpeed: `import mawstron.parallel` first")
         raise FileNotFoundError(f"{path!r} is a folder and {how}; or give a weights file, e.g. from "
-                                f"`mawstron consolidate {path} --out FILE.safetensors`")
+                                f"`mawstron consolidate --checkpoint {path} --out FILE.safetensors`")
     return read_state_dict(path), read_metadata(path)
 
 
@@ -106,11 +106,25 @@ def read_file(path: str | os.PathLike, what: str = "checkpoint file") -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(_unreadable(path, e)) from None
+    except Exception as e:  # safetensors' SafetensorError, pickle's UnpicklingError: a damaged or foreign file
+        if type(e).__name__ not in ("SafetensorError", "UnpicklingError"):
+            raise
+        raise ValueError(_unreadable(path, e)) from None
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    """One line for a weights file that cannot be read: the file, what is wrong, the fix."""
+    problem = str(error).splitlines()[0].replace("Error while deserializing header: ", "")[:200]
+    return (f"{path} cannot be read as weights ({problem}; {os.path.getsize(path)} bytes): the file is truncated or "
+            f"of another format; copy it again, or rewrite it with `mawstron consolidate`")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -122,18 +122,32 @@ class TrainConfig:
         per_step = self.micro_batch * world_size
         accum, rest = divmod(self.global_batch, per_step)
         if rest or not accum:
-            fits = [m for m in range(min(self.micro_batch, self.global_batch // world_size), 0, -1)
-                    if self.global_batch % (m * world_size) == 0]
-            fix = (f"set train.micro_batch={fits[0]} (or fewer)" if fits else
-                   f"use a number of ranks that divides {self.global_batch}")
             raise ConfigError(
                 f"train.global_batch={self.global_batch} is not a multiple of micro_batch {self.micro_batch} x "
-                f"{world_size} ranks = {per_step}; {fix}, or change train.global_batch")
+                f"{world_size} ranks = {per_step}; {self.global_batch_fix(world_size)}")
         if self.grad_accum and self.grad_accum != accum:
             raise ConfigError(
                 f"train.grad_accum={self.grad_accum} contradicts train.global_batch={self.global_batch} = micro_batch "
                 f"{self.micro_batch} x {world_size} ranks x {accum}; drop train.grad_accum (set train.grad_accum=0)")
         return accum
+
+    def global_batch_fix(self, world_size: int) -> str:
+        """What reaches ``global_batch`` on ``world_size`` ranks: the micro-batches up to the configured one that
+        divide it (each with its gradient accumulation), else the nearest world sizes that can."""
+        g = self.global_batch
+        fits = [(m, g // (m * world_size)) for m in range(min(self.micro_batch, g // world_size), 0, -1)
+                if g % (m * world_size) == 0][:3]
+        if fits:
+            first, *others = fits
+            alt = "".join(f"{' or' if i == len(others) - 1 else ','} {m} (accumulation {a})"
+                          for i, (m, a) in enumerate(others))
+            return (f"set train.micro_batch={first[0]} (accumulation {first[1]}){alt} to reach {g} on {world_size} "
+                    f"ranks, or change train.global_batch")
+        below = next((w for w in range(world_size - 1, 0, -1) if g % w == 0), None)
+        above = next((w for w in range(world_size + 1, g + 1) if g % w == 0), None)
+        near = " or ".join(str(w) for w in (below, above) if w)
+        return (f"no micro-batch reaches {g} on {world_size} ranks ({g} is not a multiple of {world_size}): use a "
+                f"number of ranks that divides {g} ({near}), or set train.global_batch to a multiple of {world_size}")
 
     def global_batch_for(self, world_size: int) -> int:
         return self.micro_batch * self.grad_accum_for(world_size) * world_size

@@ -55,3 +55,31 @@ def stdout_to_stderr():
         return
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
         yield
+
+
+QUIET_ENV = "MAWSTRON_QUIET"
+
+
+def show_progress(quiet: bool | None = None) -> bool:
+    """Progress bars only where a person watches: the real stderr is a terminal, and neither ``--quiet`` nor
+    ``MAWSTRON_QUIET=1``."""
+    if quiet or os.environ.get(QUIET_ENV, "") not in ("", "0"):
+        return False
+    stream = sys.__stderr__
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+
+
+def progress(batches, desc: str, total: int | None = None, quiet: bool | None = None):
+    """``batches`` (dicts with ``images``) passed through unchanged, with a tqdm bar on the terminal's stderr that
+    counts images and shows images/s.  It writes to the real stderr, so it shows through ``stdout_to_stderr``
+    (which silences third-party chatter) and never mixes into a command's stdout."""
+    if not show_progress(quiet):
+        yield from batches
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="img", unit_scale=True, file=sys.__stderr__, dynamic_ncols=True,
+              mininterval=0.5) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch["images"]))

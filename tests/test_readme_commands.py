@@ -44,7 +44,12 @@ EXPENSIVE = {
     r"^benchmarks/gpu_check\.sh(?!.*--dry-run)": "needs a GPU",
     r"\bpytest\b": "the test suite itself",
     r"\bs3://|--ray-address\b": "object storage and a Ray cluster",
+    r"^(\w+=\S+ )*pip install\b": "installs packages (the network; CUDA builds)",
+    r"^mawstron doctor\b.*--require-gpu": "needs a GPU",
+    r"^(\w+=\S+ )*(sbatch|srun)\b": "needs a Slurm cluster",
 }
+# programs that exist only on a cluster: the command is checked as far as this machine can (its script exists)
+CLUSTER_ONLY = ("sbatch", "srun")
 
 
 def _blocks(text: str):
@@ -88,9 +93,18 @@ def readme_commands(text: str | None = None) -> list[str]:
                 continue
             words = shlex.split(current, comments=True)
             if words:
-                commands.append(shlex.join(words))
+                commands.append(_join(words))
             current = ""
     return commands
+
+
+def _join(words: list[str]) -> str:
+    """``shlex.join``, except that leading ``VAR=value`` assignments stay assignments (only the value quoted)."""
+    lead = []
+    while len(words) > 1 and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        lead.append(f"{name}={shlex.quote(value)}")
+    return " ".join(lead + [shlex.join(words)])
 
 
 def readme_inline_commands(text: str | None = None) -> list[str]:
@@ -153,6 +167,8 @@ def check_command(command: str):
     """Parse ``command`` with the parser of what it starts; raises (AssertionError, SystemExit, ConfigError).
     Returns the resolved RunConfig of a command that starts a training run (None for others)."""
     words = shlex.split(command)
+    while len(words) > 1 and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):  # `VAR=value command ...`
+        words.pop(0)
     program, argv = words[0], words[1:]
     name = os.path.basename(program)
     if name == "mawstron":
@@ -180,6 +196,12 @@ def check_command(command: str):
         if argv[:2] == ["-m", "pytest"]:
             paths = [a for a in argv[2:] if not a.startswith("-") and not a.isdigit()]
             assert all(glob.glob(p) for p in paths), f"no file matches {paths}"
+        elif argv[0] == "-m":  # a module: its own parser (the module run as __main__, stopped after parsing)
+            import importlib.util
+
+            spec = importlib.util.find_spec(argv[1])
+            assert spec is not None and spec.origin, f"no module {argv[1]}"
+            parse_with_script_parser(spec.origin, argv[2:])
         elif argv[0].startswith("recipes/"):
             cfg = check_recipe(argv[0], argv[1:])
             return None if "--dry-run" in argv else cfg
@@ -189,8 +211,16 @@ def check_command(command: str):
     elif name == "make":
         out = subprocess.run(["make", "-n", *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
+    elif name == "pip":  # pip's own parser for the subcommand
+        from pip._internal.commands import create_command
+
+        create_command(argv[0]).parse_args(argv[1:])
+    elif name in CLUSTER_ONLY:  # not installed here: the batch script it submits must exist
+        scripts = [a for a in argv if a.endswith(".sh")]
+        assert scripts and all(os.path.isfile(os.path.join(REPO, a)) for a in scripts), f"{command}: no script"
     else:  # a program no rule knows yet: at least it must exist
-        assert shutil.which(program) or os.path.isfile(os.path.join(REPO, program)), f"{program} not found"
+        assert (shutil.which(program) or os.path.isfile(os.path.join(REPO, program))
+                or os.path.isfile(os.path.join(BIN, program))), f"{program} not found"
     return None
 
 

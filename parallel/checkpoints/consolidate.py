@@ -45,7 +45,7 @@ def consolidate(ckpt_dir: str, out_path: str, tag: str | None = None, keep_head:
         problems = verify_files(ckpt_dir, tag)
         if problems:
             raise ValueError(f"checkpoint {tag} failed verification: {problems[0]}; pick another with --tag "
-                             f"(`mawstron checkpoints verify {ckpt_dir}` lists them)")
+                             f"(`mawstron checkpoints verify --checkpoint {ckpt_dir}` lists them)")
     if get_stage(read_run_config(ckpt_dir, tag)["train"]["stage"]).text_tower:  # both towers, MAWS-CLIP layout
         return consolidate_clip(ckpt_dir, out_path, tag)
     state = encoder_state_dict(read_zero_checkpoint(ckpt_dir, tag))

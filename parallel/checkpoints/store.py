@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -265,4 +266,11 @@ def read_zero_checkpoint(ckpt_dir: str, tag: str | None = None) -> dict[str, tor
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag = resolve_tag(ckpt_dir, tag)
-    return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=False)
+    try:
+        return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=False)
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OverflowError, TypeError,
+            AttributeError, IndexError) as e:  # shards DeepSpeed cannot merge (damaged, or not its files)
+        raise ValueError(f"checkpoint {os.path.join(ckpt_dir, tag)} cannot be merged ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}): a shard is damaged or not "
+                         f"DeepSpeed's; `mawstron checkpoints verify --checkpoint {ckpt_dir}` checks them, --tag "
+                         f"picks another") from None

@@ -26,11 +26,14 @@ from mawstron.core.data.image_folder import align_classes
 from mawstron.core.eval import extract_features, few_shot
 from mawstron.core.eval.features import PRECISIONS
 from mawstron.core.eval.linear import DEFAULT_L2_GRID, PROBES, resolve_device, run_probe
-from mawstron.core.hub import RELEASES, get_weights, release
+from mawstron.core.hub import RELEASES, WeightsDownloadError, get_weights, release
+from mawstron.core.weights import guess_preset
 
+from ..checkpoints.sources import normalize_tag
 from ..checkpoints.store import (complete_tags, find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config,
-                                 read_zero_checkpoint, tag_for_step)
+                                 read_zero_checkpoint)
 from ..config import ModelConfig
+from ..console import progress
 from ..engine.build import read_checkpoint_weights, split_encoder
 
 
@@ -59,8 +62,9 @@ def checkpoint_tag(checkpoint: str, tag: str | None) -> str | None:
         return None
     if not is_zero_checkpoint_dir(checkpoint):
         raise ValueError(f"--tag picks a step of a run's checkpoints/ folder; {checkpoint!r} is not one")
-    if tag.isdigit():
-        tag = tag_for_step(int(tag))
+    tag = normalize_tag(tag)  # 200, step_200, step_00000200; latest -> None
+    if not tag:
+        return None
     done = complete_tags(checkpoint)
     if tag not in done:
         raise ValueError(f"--tag {tag}: no complete checkpoint of that name in {checkpoint}; complete tags: "
@@ -81,7 +85,10 @@ def load_encoder_from_checkpoint(checkpoint: str, tag: str | None = None, dtype:
         r = release(checkpoint)
         overrides = {k: v for k, v in r.vit_overrides.items() if k != "num_classes"}  # the encoder, no head
         model = create_vit(r.preset, **overrides).to(dtype)
-        path = get_weights(checkpoint)
+        try:
+            path = get_weights(checkpoint)
+        except WeightsDownloadError as e:  # offline, or the release moved: one line with the fix
+            raise FileNotFoundError(str(e)) from None
         encoder, _ = split_encoder(read_checkpoint_weights(path))
         try:
             load_pretrained(model, encoder)
@@ -93,10 +100,16 @@ def load_encoder_from_checkpoint(checkpoint: str, tag: str | None = None, dtype:
                                 f"`mawstron weights list`)")
     checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     tag = checkpoint_tag(checkpoint, tag)
-    model_cfg = model_config_of(checkpoint, tag)
-    model = create_vit(model_cfg.preset, **model_cfg.vit_overrides()).to(dtype)
     weights = read_zero_checkpoint(checkpoint, tag) if tag else read_checkpoint_weights(checkpoint)
     encoder, _ = split_encoder(weights)
+    try:
+        model_cfg = model_config_of(checkpoint, tag)
+        model = create_vit(model_cfg.preset, **model_cfg.vit_overrides())
+    except ValueError:  # a weights file without our metadata (a release, a timm file): the preset from its shapes
+        if not guess_preset(encoder):
+            raise
+        model = create_vit(guess_preset(encoder))
+    model = model.to(dtype)
     try:
         load_pretrained(model, encoder)
     except RuntimeError as e:  # shapes or names that do not fit the preset the checkpoint names
@@ -172,7 +185,7 @@ def check_rank_count(n: int, world: int, split: str) -> None:
 
 
 def extract_split(model, loader, ranks: Ranks, *, split: str, pool: str = "token", precision: str = "auto",
-                  batch_size: int = 128, workers: int = 0, encode=None):
+                  batch_size: int = 128, workers: int = 0, encode=None, quiet: bool | None = None):
     """``(features, labels)`` of every image of ``loader`` in its order, on rank 0 (``(None, None)`` on the
     others): each rank extracts its share, rank 0 gathers the shares in rank order."""
     items = loader.items()
@@ -180,8 +193,9 @@ def extract_split(model, loader, ranks: Ranks, *, split: str, pool: str = "token
     check_rank_count(n, ranks.world, f"the {split} split")
     start, stop = ranks.share(n)
     ranks.log(f"{split}: extracting images {start}..{stop - 1} of {n} ({stop - start} images) on {ranks.device}")
-    x, y = extract_features(model, split_batches(loader, items[start:stop], batch_size, workers), pool=pool,
-                            device=ranks.device, precision=precision, encode=encode)
+    batches = progress(split_batches(loader, items[start:stop], batch_size, workers), f"{split} split",
+                       stop - start, quiet)
+    x, y = extract_features(model, batches, pool=pool, device=ranks.device, precision=precision, encode=encode)
     if ranks.world == 1:
         return x, y
     per = -(-n // ranks.world)  # shares are padded to the largest, then trimmed: sizes are known to every rank
@@ -214,7 +228,8 @@ def _result_protocol(probe: str, probe_result, shots, draws: int) -> dict:
 def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 5, 10), draws: int = 5,
              pool: str = "token", loader: str = "dali", batch_size: int = 128, seed: int = 0,
              tag: str | None = None, device: str = "auto", precision: str = "auto", probe: str = "lbfgs",
-             probe_options: dict | None = None, workers: int | None = None) -> dict | None:
+             probe_options: dict | None = None, workers: int | None = None, quiet: bool | None = None
+             ) -> dict | None:
     """Linear probe and k-shot accuracy of ``checkpoint``'s frozen features on labelled shards (or ImageFolder
     directories).  Under a launcher every rank calls this; rank 0 returns the result, the others ``None``."""
     if probe not in PROBES:
@@ -235,7 +250,7 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
         if workers is None:
             workers = min(8, len(os.sched_getaffinity(0)) // max(1, ranks.world)) if ranks.device.type == "cuda" else 0
         ranks.join()
-        kw = dict(pool=pool, precision=precision, batch_size=batch_size, workers=workers)
+        kw = dict(pool=pool, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet)
         train_x, train_y = extract_split(model, train_loader, ranks, split="training", **kw)
         test_x, test_y = extract_split(model, test_loader, ranks, split="test", **kw)
         del model

@@ -36,17 +36,17 @@ def _lit_of(section: dict) -> LitConfig:
     return LitConfig(**{**section, "text_model": "", "tokenizer": ""})  # shapes only: never download here
 
 
-def load_clip(checkpoint: str, tokenizer: str = ""):
+def load_clip(checkpoint: str, tokenizer: str = "", tag: str | None = None):
     """``(CLIP model in eval mode, tokenizer)`` from any accepted checkpoint (see the module docstring)."""
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     checkpoint = find_checkpoint_dir(checkpoint) or checkpoint  # a run folder stands for its checkpoints/
     if is_zero_checkpoint_dir(checkpoint):
-        run = read_run_config(checkpoint)
+        run = read_run_config(checkpoint, tag)
         if not getattr(STAGES.get(run["train"]["stage"]), "text_tower", False):
             raise ValueError(f"{checkpoint} is a {run['train']['stage']} run; zero-shot needs a LiT run "
                              f"(train.stage=lit) or a MAWS-CLIP file")
-        state = read_zero_checkpoint(checkpoint)
+        state = read_zero_checkpoint(checkpoint, tag)
         preset, overrides = run["model"]["preset"], size_overrides(run["model"])
         lit = _lit_of(run["lit"])
         default_tokenizer = os.path.join(checkpoint, TOKENIZER_FILE)
@@ -125,13 +125,13 @@ def read_templates(path: str, imagenet: bool = False) -> tuple[str, ...]:
 
 def evaluate_zero_shot(checkpoint: str, test_shards: str, *, classnames: str = "", templates: str = "",
                        tokenizer: str = "", batch_size: int = 128, device: str = "auto", precision: str = "auto",
-                       workers: int | None = None) -> dict | None:
-    """Zero-shot top-1 / top-5 of ``checkpoint`` on labelled ``test_shards`` (shards or an ImageFolder), on the
+                       workers: int | None = None, tag: str | None = None) -> dict | None:
+    """Zero-shot top-1 / top-5 of ``checkpoint`` (step ``tag`` of a LiT run; default: 'latest') on labelled ``test_shards`` (shards or an ImageFolder), on the
     device; under a launcher each rank embeds its share of the images and rank 0 classifies them all (the other
     ranks return None)."""
     ranks = Ranks(device)
     try:
-        model, tok = load_clip(checkpoint, tokenizer)
+        model, tok = load_clip(checkpoint, tokenizer, tag)
         model = model.to(ranks.device)
         names = class_names_for(test_shards, classnames)
         imagenet = len(names) == 1000 and not classnames

@@ -27,6 +27,7 @@ from ..planning.plan import format_plan, min_gpus, plan
 from ..training.resilience import EXIT_PREEMPTED, Preempted
 from ..training.schedule import Schedule
 from ..training.trainer import Trainer, TrainingDiverged
+from .hostfile import HostfileError, check_launcher_hostfile
 from .preflight import PreflightError, data_notice, prepare_run_folder
 
 
@@ -106,6 +107,12 @@ def _ensure_process_group_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
+def _say_once(message: str) -> None:
+    """A refusal that every rank reaches alike: printed by rank 0 only (every rank exits 2)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
 def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     """Run a recipe: returns the process exit code (0 ok, 2 bad config, 3 diverged, 75 preempted: a complete
     checkpoint was saved, rerun with --resume; see ``resilience.EXIT_PREEMPTED``)."""
@@ -121,14 +128,15 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
         # rank here, with the same message, instead of hanging in a collective
         cfg.train.grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
     except ConfigError as e:
-        print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
+        _say_once(f"mawstron: config error: {e}")
         return 2
     quiet_third_party(args.verbose or None)
     first_rank = os.environ.get("RANK", "0") == "0"
     try:
+        check_launcher_hostfile()  # `deepspeed --hostfile F` with F missing falls back to this node: refuse
         prepare_run_folder(cfg, args.overwrite, clear=first_rank)
-    except PreflightError as e:
-        print(f"mawstron: {e}", file=sys.stderr, flush=True)
+    except (PreflightError, HostfileError) as e:
+        _say_once(f"mawstron: {e}")
         return 2
     if first_rank and data_notice(cfg):
         print(data_notice(cfg), flush=True)

@@ -88,8 +88,19 @@ def prepare_run_folder(cfg: RunConfig, overwrite: bool, clear: bool = True) -> l
 
 
 def data_notice(cfg: RunConfig) -> str | None:
-    """One line when the run trains on random tensors (``data.source=synthetic``, every recipe's default)."""
+    """One line when the run trains on random tensors (``data.source=synthetic``, the tiny MAE and WSP recipes' default)."""
     if cfg.data.source != "synthetic":
         return None
     return ("[mawstron] data.source=synthetic: training on random tensors (a smoke run); for images give "
             "--set data.source=shards --set 'data.shards=DIR/train-*.tar'" + cfg.stage.synthetic_data_hint())
+
+
+def warmup_notice(cfg: RunConfig) -> str | None:
+    """One line when the lr warmup does not end before the run does (the lr never reaches its peak): a paper
+    recipe shortened with ``--set train.steps=...``, or a benchmark of a few steps."""
+    warmup, steps = cfg.optim.warmup_steps, cfg.train.steps
+    if warmup < steps:
+        return None
+    return (f"[mawstron] warning: optim.warmup_steps={warmup} is not shorter than train.steps={steps}: the lr rises "
+            f"for the whole run and never reaches its peak; --set optim.warmup_steps={max(0, steps // 20)} for a "
+            f"short run")
