@@ -29,6 +29,9 @@ def add_parser(subparsers):
                    "a built-in set)")
     p.add_argument("--tokenizer", default="", help="zero-shot: tokenizer.json or a Hugging Face name (default: the "
                    "one saved with the run / beside the file)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint folder whose files need more than tensors (unpickling runs code from "
+                        "the files: only for folders whose source you trust; README: Security)")
     p.set_defaults(func=run)
 
 

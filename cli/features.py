@@ -17,6 +17,9 @@ def add_parser(subparsers):
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens (often better for MAE encoders)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint folder whose files need more than tensors (unpickling runs code from "
+                        "the files: only for folders whose source you trust; README: Security)")
     p.set_defaults(func=run)
 
 

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     verbose = args.verbose or getattr(args, "verbose_here", False) or "--verbose" in unknown
     quiet_third_party(verbose or None)
+    if getattr(args, "trust_checkpoint", False):
+        from mawstron.parallel.trust import trust_checkpoints
+
+        trust_checkpoints()
     if getattr(args, "pass_unknown", False):  # `mawstron train RECIPE ...`: the rest belongs to the recipe
         return int(args.func(args, unknown) or 0)
     if unknown:

@@ -18,6 +18,9 @@ def add_parser(subparsers):
     p.add_argument("--max-images", type=int, default=8, help="rows of the grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint folder whose files need more than tensors (unpickling runs code from "
+                        "the files: only for folders whose source you trust; README: Security)")
     p.set_defaults(func=run)
 
 

@@ -34,6 +34,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run folder that holds checkpoints (its old checkpoints are removed)")
     p.add_argument("--verbose", action="store_true", help="show DeepSpeed INFO lines and third-party warnings")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="checkpoint.init_from may need more than tensors (unpickling runs code from the files: only "
+                        "for folders whose source you trust; README: Security)")
     p.add_argument("--dry-run", action="store_true", help="validate, build on the meta device, print the plan")
     p.add_argument("--gpus", type=int, default=0, help="with --dry-run: plan for this many GPUs (default: the minimum)")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0, help="with --dry-run: memory per GPU")
@@ -120,6 +123,10 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mawstron: config error: {e}", file=sys.stderr, flush=True)
         return 2
+    if args.trust_checkpoint:
+        from .trust import trust_checkpoints
+
+        trust_checkpoints()  # this rank, and the processes it starts
     from .console import quiet_third_party
     from .preflight import PreflightError, clear_old_checkpoints, data_notice, preflight
 

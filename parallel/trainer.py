@@ -146,7 +146,8 @@ class Trainer:
         self.resume_universal = True
         if self.rank == 0:
             start = time.perf_counter()
-            path, converted = universal.convert(ckpt_dir, self.resume_tag)
+            # the other ranks wait in a barrier that ends after parallel.timeout_s: stop the conversion before it
+            path, converted = universal.convert(ckpt_dir, self.resume_tag, timeout_s=0.9 * self.cfg.parallel.timeout_s)
             how = f"converted in {time.perf_counter() - start:.1f} s" if converted else "cached conversion"
             print(f"[mawstron] {ckpt_dir}/{self.resume_tag} was written by {saved_world} ranks, this run has "
                   f"{self.world_size}: loading DeepSpeed's universal checkpoint {path} ({how})", flush=True)
@@ -389,7 +390,11 @@ class Trainer:
             # exception", seen after a completed run on CPU ranks)
             dist.barrier()
             dist.destroy_process_group()
-        except (Preempted, KeyboardInterrupt):
+        except Preempted:
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C: nothing was saved past the last checkpoint; a monitor must not read "running" forever
+            self.status.update(state="interrupted", step=self.step)
             raise
         except BaseException as e:
             # one line naming the rank, on the console the launcher merges every rank's output into; the
