@@ -30,7 +30,7 @@ from .optim import build_optimizer, lr_at, param_groups, set_lr
 from .periodic_eval import PeriodicEval
 from .preflight import divergence_advice
 from .regularize import regularize
-from .resilience import Preempted, PreemptionHandler
+from .resilience import Preempted, PreemptionHandler, end_worker_processes, signals_held
 from .schedule import format_duration, format_schedule, schedule
 from .status import StatusFile
 
@@ -219,7 +219,8 @@ class Trainer:
         start, waited, loss_sum = time.perf_counter(), 0.0, 0.0
         for _ in range(self.grad_accum):
             before = time.perf_counter()
-            batch = next(self.batches)
+            with signals_held():  # workers forked here survive the group's SIGTERM (resilience.signals_held)
+                batch = next(self.batches)
             waited += time.perf_counter() - before
             loss = self.compute_loss(batch)
             stats = self._all_finite(loss)
@@ -373,6 +374,16 @@ class Trainer:
         raise Preempted(f"stopped on {signal_name} at step {self.step} after saving {self.last_checkpoint}; "
                         f"continue with --resume")
 
+    def close_loader(self) -> None:
+        """End the batch stream and its worker processes now, on every way out (done, preempted, Ctrl-C, error).
+        The workers hold SIGTERM (``signals_held``), so nothing else would end them: closing the stream sends
+        them PyTorch's stop message, and any that did not leave within seconds is killed."""
+        batches = getattr(self, "batches", None)
+        if batches is not None and hasattr(batches, "close"):
+            batches.close()  # the DataLoader iterator inside is released and shuts its workers down
+        self.loader.close()
+        end_worker_processes()
+
     def run(self) -> None:
         self.status = StatusFile(self.cfg.run_dir, self.cfg.train.steps, enabled=int(os.environ.get("RANK", "0")) == 0)
         self.status.update(state="starting")  # a monitor sees the run from its first second
@@ -384,7 +395,7 @@ class Trainer:
             try:
                 self.train()
             finally:
-                self.loader.close()
+                self.close_loader()
             # every rank is done before any tears the process group down: a rank that exits while a peer's gloo
             # connection is still in use can abort that peer at exit ("terminate called without an active
             # exception", seen after a completed run on CPU ranks)
