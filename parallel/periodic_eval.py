@@ -117,7 +117,7 @@ class PeriodicEval:
         """The EMA of the checkpoint the trainer loaded (``trainer.resume_tag``: the newest that verified, not
         necessarily the one ``latest`` names), resharded when it was written by another number of ranks."""
         ckpt_dir = self.cfg.checkpoint_dir
-        tag = self.trainer.resume_tag or ckpt.resolve_tag(ckpt_dir)
+        tag = getattr(self.trainer, "resume_tag", None) or ckpt.resolve_tag(ckpt_dir)
         marker = ckpt.read_marker(ckpt_dir, tag)
         step, saved_world = marker["step"], marker["world_size"]
         paths = [self._ema_path(step, r) for r in range(saved_world)]
