@@ -153,11 +153,15 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
         return 3
     except Preempted as e:
         print(f"mawstron: {e}", file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED
-    if launched_rank:
-        # the run is complete and saved: leave without C++ static destructors, which abort a gloo/shm rank now and
-        # then at interpreter exit ("terminate called without an active exception", rc -6 after 'done')
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+        return _leave(EXIT_PREEMPTED) if launched_rank else EXIT_PREEMPTED
+    return _leave(0) if launched_rank else 0
+
+
+def _leave(code: int) -> int:
+    """A launched rank whose run ended as planned (done, or preempted after its save) leaves without interpreter
+    finalization: the trainer has destroyed its process group, but a gloo/shm rank still aborted now and then at
+    interpreter exit ("terminate called without an active exception", rc -6 after 'done'), when objects that
+    C++ threads still referenced were torn down with the interpreter."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -402,6 +402,11 @@ class Trainer:
             dist.barrier()
             dist.destroy_process_group()
         except Preempted:
+            # every rank agreed and saved the same step: leave the process group together, as after a finished
+            # run (a gloo group left to interpreter exit can abort the rank: "terminate called without an active
+            # exception", pytorch/pytorch#190489)
+            dist.barrier()
+            dist.destroy_process_group()
             raise
         except KeyboardInterrupt:
             # Ctrl-C: nothing was saved past the last checkpoint; a monitor must not read "running" forever

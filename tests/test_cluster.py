@@ -136,7 +136,8 @@ def test_first_log_line_states_the_schedule_and_status_json_says_done(base_run):
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     for tag in ("step_00000004", "step_00000008"):
         files = ckpt.read_manifest(ckpt_dir, tag)["files"]
-        assert len(files) == 5 and ckpt.verify_files(ckpt_dir, tag) == []  # 2 ranks x 2 shards + run config
+        # 2 ranks x (2 shards + the weight EMA's partitions) + run config
+        assert len(files) == 7 and ckpt.verify_files(ckpt_dir, tag) == []
 
 
 def test_sigterm_saves_the_step_reached_and_resume_matches_the_uninterrupted_run(workdir, base_run):
