@@ -224,8 +224,15 @@ def _read_record(record: str) -> str:
 def cache_lock(path: str):
     """An exclusive lock on ``<path>.lock`` (``flock``: released if the holder dies): one process downloads a
     release while the others sharing the cache wait."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".lock", "a") as f:
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        f = open(path + ".lock", "a")
+    except OSError:
+        if not os.path.isfile(path):
+            raise
+        yield  # a read-only cache filled beforehand: nobody downloads into it, there is nothing to wait for
+        return
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -280,7 +287,10 @@ def _verify_cached(name: str, r: Release, path: str, record: str) -> None:
         raise WeightsDownloadError(f"cached {path} has md5 {md5}, which does not start with the published "
                                    f"{r.md5_prefix}; {fix}")
     if not _read_record(record):
-        _write_record(record, actual, path, r.url)  # verified against the published prefix: record it
+        try:
+            _write_record(record, actual, path, r.url)  # verified against the published prefix: record it
+        except OSError:
+            pass  # a read-only cache: checked again next time
 
 
 def create_pretrained_vit(preset: str, pretrained: str, **overrides):
