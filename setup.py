@@ -37,7 +37,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"mawstron.kernels": ["*.json"]},  # the attention config table
+    package_data={"mawstron.kernels.fused": ["*.json"]},  # the attention config table
     install_requires=[
         # torch is not pinned: install the build for your platform first (CPU wheel or CUDA), pip keeps it
         "torch>=2.3",

@@ -18,7 +18,7 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from mawstron.kernels._common import single_threaded_numpy_blas
+    from mawstron.kernels.fused._common import single_threaded_numpy_blas
 
     single_threaded_numpy_blas()
 

@@ -53,7 +53,7 @@ def backends():
     """name -> fn(qkv [B, N, 3HD], heads, scale) -> [B, N, HD]."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from mawstron.kernels.attention import flash_attention, flash_attention_packed
+    from mawstron.kernels.fused.attention import flash_attention, flash_attention_packed
 
     def merge(o):
         return o.transpose(1, 2).flatten(2)
@@ -177,7 +177,7 @@ def gpu_sweep(args, save=lambda rows: None):
 
 def cpu_sweep(tiny: bool):
     """Interpreter correctness: forward and every gradient vs float32, both backward schedules, both entries."""
-    from mawstron.kernels.attention import flash_attention, flash_attention_packed
+    from mawstron.kernels.fused.attention import flash_attention, flash_attention_packed
 
     fns = {"triton_packed": lambda qkv, h, s: flash_attention_packed(qkv, h, softmax_scale=s),
            "triton_bhnd": lambda qkv, h, s: flash_attention(*split_heads(qkv, h), softmax_scale=s

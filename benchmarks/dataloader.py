@@ -24,7 +24,7 @@ def measure(loader: str, args) -> dict:
     import torch
 
     from mawstron.core.data import DataConfig, build_train_loader
-    from mawstron.parallel.bench import git_commit
+    from mawstron.parallel.launcher.bench import git_commit
 
     cfg = DataConfig(source="shards", shards=args.shards, loader=loader, num_workers=args.threads,
                      dali_device=args.dali_device, vocab=args.vocab)

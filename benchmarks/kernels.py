@@ -29,9 +29,9 @@ WIDTHS = {"vit_b16": 768, "vit_l16": 1024, "vit_h14": 1280, "vit_2b14": 2560, "v
 
 
 def _impls(op):
-    from mawstron.kernels.layer_norm import fused_add_layer_norm, fused_layer_norm
-    from mawstron.kernels.mae_loss import fused_mae_loss
-    from mawstron.kernels.masking import fused_gather_visible_tokens, fused_unshuffle_with_mask_tokens
+    from mawstron.kernels.fused.layer_norm import fused_add_layer_norm, fused_layer_norm
+    from mawstron.kernels.fused.mae_loss import fused_mae_loss
+    from mawstron.kernels.fused.masking import fused_gather_visible_tokens, fused_unshuffle_with_mask_tokens
 
     return {
         "layer_norm": (fused_layer_norm, ops.layer_norm_reference),

@@ -333,7 +333,7 @@ def zero_shot_metrics(ctx: EncoderContext) -> dict:
     if (not args.lit_steps or ctx.arm not in args.lit_arm_list
             or (args.lit_seeds and ctx.seed >= args.lit_seeds)):
         return {}
-    from mawstron.parallel.zero_shot import lit_zero_shot
+    from mawstron.parallel.evaluation.zero_shot import lit_zero_shot
 
     out_dir = os.path.join(args.work_dir, f"{ctx.arm}-seed{ctx.seed}-lit")
     print(f"[study]   LiT {args.lit_steps} steps on the frozen encoder -> {out_dir}", flush=True)
@@ -351,7 +351,7 @@ ENCODER_METRICS = [probe_metrics, zero_shot_metrics]
 def evaluate_encoder(args, run: dict, data_dir: str, manifest: dict) -> dict:
     from mawstron.core.data import DataConfig, build_eval_loader
     from mawstron.core.eval import extract_features
-    from mawstron.parallel.evaluate import load_encoder_from_checkpoint
+    from mawstron.parallel.evaluation.evaluate import load_encoder_from_checkpoint
 
     t0 = time.time()
     model = load_encoder_from_checkpoint(run["checkpoint"])
@@ -408,7 +408,7 @@ def main(argv=None) -> int:
 
 
 def write_report(args, manifest, arms, runs, t0, seeds_done, results_dir) -> None:
-    from mawstron.parallel.bench import git_commit
+    from mawstron.parallel.launcher.bench import git_commit
     from study_report import aggregate, findings, write_markdown, write_plot
 
     os.makedirs(results_dir, exist_ok=True)

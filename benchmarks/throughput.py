@@ -7,12 +7,12 @@
 
 Prints one JSON line and a summary, and writes the JSON to runs/benchmarks/ (--out benchmarks/results/... to
 regenerate a committed result).  The logic is
-``mawstron.parallel.bench`` (the trainer's own step, timed).
+``mawstron.parallel.launcher.bench`` (the trainer's own step, timed).
 """
 
 import sys
 
-from mawstron.parallel.bench import run_benchmark
+from mawstron.parallel.launcher.bench import run_benchmark
 
 if __name__ == "__main__":
     sys.exit(run_benchmark())

@@ -14,7 +14,7 @@ schedule), check the winners' output and dq/dk/dv against a float32 reference at
 timings.  Candidates that fail to compile or run (e.g. out of shared memory) are skipped and recorded.
 
 Timing: ``triton.testing.do_bench`` median (L2 flushed).  Output: the table (``--table``, default
-kernels/attention_configs.json: entries merged in, others kept) and a JSON log under runs/benchmarks/ (``--out``).
+kernels/fused/attention_configs.json: entries merged in, others kept) and a JSON log under runs/benchmarks/ (``--out``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 
 from attention import CHECK_TOL, PRESET_SHAPES, check
 
-CFG = importlib.import_module("mawstron.kernels.attention_configs")
-ATTN = importlib.import_module("mawstron.kernels.attention")
+CFG = importlib.import_module("mawstron.kernels.fused.attention_configs")
+ATTN = importlib.import_module("mawstron.kernels.fused.attention")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -19,7 +19,7 @@ def add_parser(subparsers):
 def benchmark_options_help() -> str:
     """The benchmark's own flags, passed on to every rank: shown by ``mawstron bench train --help`` too."""
     from mawstron.cli.train import recipe_options_help
-    from mawstron.parallel.bench import build_arg_parser
+    from mawstron.parallel.launcher.bench import build_arg_parser
 
     return recipe_options_help(build_arg_parser(), "benchmark options (passed on to every rank)")
 
@@ -27,8 +27,8 @@ def benchmark_options_help() -> str:
 def run(args, bench_args: list[str]) -> int:
     import torch
 
-    from mawstron.cli.train import _free_port
-    from mawstron.parallel.bench import build_arg_parser, config_from_args
+    from mawstron.parallel.launcher.launch import free_port
+    from mawstron.parallel.launcher.bench import build_arg_parser, config_from_args
     from mawstron.parallel.config import ConfigError
 
     try:
@@ -46,5 +46,5 @@ def run(args, bench_args: list[str]) -> int:
     else:
         env.setdefault("DS_ACCELERATOR", "cpu")
         cmd += ["--num_gpus", str(args.gpus or 2)]
-    cmd += ["--master_port", str(_free_port()), "--module", "mawstron.parallel.bench", *bench_args]
+    cmd += ["--master_port", str(free_port()), "--module", "mawstron.parallel.launcher.bench", *bench_args]
     os.execvpe(cmd[0], cmd, env)

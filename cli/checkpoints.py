@@ -18,7 +18,7 @@ def add_parser(subparsers):
 
 
 def _rows(ckpt_dir: str, checksums: bool):
-    from mawstron.parallel import checkpoint as ckpt
+    from mawstron.parallel.checkpoints import store as ckpt
 
     latest = None
     if os.path.isfile(os.path.join(ckpt_dir, ckpt.LATEST)):
@@ -37,7 +37,7 @@ def _rows(ckpt_dir: str, checksums: bool):
 
 
 def run(args) -> int:
-    from mawstron.parallel import checkpoint as ckpt
+    from mawstron.parallel.checkpoints import store as ckpt
 
     ckpt_dir = args.checkpoint_dir
     if not ckpt.complete_tags(ckpt_dir) and ckpt.complete_tags(os.path.join(ckpt_dir, "checkpoints")):

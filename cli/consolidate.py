@@ -22,8 +22,8 @@ def add_parser(subparsers):
 def run(args) -> int:
     import sys
 
-    from mawstron.parallel.checkpoint import consolidate
-    from mawstron.parallel.preflight import find_checkpoint_dir
+    from mawstron.parallel.checkpoints.consolidate import consolidate
+    from mawstron.parallel.checkpoints.store import find_checkpoint_dir
 
     if not args.out.endswith(".safetensors"):
         raise SystemExit(f"mawstron consolidate: --out {args.out!r} must end in .safetensors")

@@ -34,7 +34,7 @@ def run_stats(args) -> int:
         return 2
     import datetime
 
-    from mawstron.parallel.bench import git_commit
+    from mawstron.parallel.launcher.bench import git_commit
 
     report.update(shards=len(shards), vocab=args.vocab, resample=args.resample, commit=git_commit(),
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

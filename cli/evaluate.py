@@ -36,7 +36,7 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from mawstron.parallel.evaluate import evaluate
+    from mawstron.parallel.evaluation.evaluate import evaluate
 
     train = args.train_shards or (os.path.join(args.data, "eval-train-*.tar") if args.data else "")
     test = args.test_shards or (os.path.join(args.data, "eval-test-*.tar") if args.data else "")
@@ -78,7 +78,7 @@ def run(args) -> int:
 
 def run_zero_shot(args, test: str) -> int:
     from mawstron.parallel.console import stdout_to_stderr
-    from mawstron.parallel.zero_shot import evaluate_zero_shot
+    from mawstron.parallel.evaluation.zero_shot import evaluate_zero_shot
 
     if not test:
         raise SystemExit("mawstron eval --zero-shot: give --data DIR (from `mawstron data synth`) or --test-shards")

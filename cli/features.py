@@ -34,7 +34,7 @@ def run(args) -> int:
 
     from mawstron.core.data.image_folder import image_loader
     from mawstron.core.eval import extract_features
-    from mawstron.parallel.evaluate import load_encoder_from_checkpoint
+    from mawstron.parallel.evaluation.evaluate import load_encoder_from_checkpoint
 
     if not args.out.endswith(".npy"):
         print(f"mawstron features: --out {args.out!r} must end in .npy", file=sys.stderr)

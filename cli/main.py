@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = args.verbose or getattr(args, "verbose_here", False) or "--verbose" in unknown
     quiet_third_party(verbose or None)
     if getattr(args, "trust_checkpoint", False):
-        from mawstron.parallel.trust import trust_checkpoints
+        from mawstron.parallel.checkpoints.trust import trust_checkpoints
 
         trust_checkpoints()
     if getattr(args, "pass_unknown", False):  # `mawstron train RECIPE ...`: the rest belongs to the recipe

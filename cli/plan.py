@@ -24,7 +24,8 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from mawstron.core import PRESETS
-    from mawstron.parallel.plan import format_plan, min_gpus, plan
+    from mawstron.parallel.planning.plan import format_plan, min_gpus, plan
+    from mawstron.parallel.stages import get_stage
 
     if args.model not in PRESETS:
         raise SystemExit(f"mawstron plan: --model {args.model!r} is not a preset; choose one of {sorted(PRESETS)}")
@@ -39,10 +40,10 @@ def run(args) -> int:
                   offload_optimizer=args.offload_optimizer, offload_params=args.offload_params)
     if args.img_size:
         kwargs["img_size"] = args.img_size
-    if args.stage == "lit":  # the MAWS-CLIP release's text tower and joint dim for this image tower
+    if get_stage(args.stage).text_tower:  # the MAWS-CLIP release's text tower and joint dim for this image tower
         import dataclasses
 
-        from mawstron.parallel.lit import MAWS_CLIP, maws_clip_lit
+        from mawstron.parallel.planning.paper import MAWS_CLIP, maws_clip_lit
 
         if args.model not in MAWS_CLIP:
             raise SystemExit(f"--stage lit plans the released MAWS-CLIP pairs: --model one of {sorted(MAWS_CLIP)}")

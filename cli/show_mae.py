@@ -30,8 +30,8 @@ def run(args) -> int:
 
     from mawstron.core.data.image_folder import image_loader
     from mawstron.core.eval.reconstruction import reconstruct, reconstruction_grid
-    from mawstron.parallel.evaluate import checkpoint_tag
-    from mawstron.parallel.show_mae import load_mae
+    from mawstron.parallel.evaluation.evaluate import checkpoint_tag
+    from mawstron.parallel.evaluation.show_mae import load_mae
 
     if not args.out.lower().endswith(".png"):
         print(f"mawstron show-mae: --out {args.out!r} must end in .png", file=sys.stderr)

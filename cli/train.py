@@ -12,7 +12,6 @@ import argparse
 import os
 import runpy
 import shutil
-import socket
 import sys
 
 
@@ -30,7 +29,7 @@ def add_parser(subparsers):
 def recipe_options_help(parser=None, title: str = "recipe options (passed on to the recipe on every rank)") -> str:
     """The recipe's own flags (``--set``, ``--resume``, ``--overwrite``, ...), passed on to every rank: shown by
     ``mawstron train --help`` too."""
-    from mawstron.parallel.launch import build_arg_parser
+    from mawstron.parallel.launcher.launch import build_arg_parser
 
     text = (parser or build_arg_parser()).format_help()
     options = text[text.index("options:") + len("options:"):] if "options:" in text else text
@@ -39,16 +38,10 @@ def recipe_options_help(parser=None, title: str = "recipe options (passed on to 
     return f"{title}:" + "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def validate(recipe: str, recipe_args: list[str]):
     """The recipe's resolved RunConfig (raises ConfigError / SystemExit with a message on any problem)."""
     from mawstron.parallel.config import RunConfig
-    from mawstron.parallel.launch import build_arg_parser, resolve_config
+    from mawstron.parallel.launcher.launch import build_arg_parser, resolve_config
 
     if not os.path.isfile(recipe):
         raise SystemExit(f"mawstron train: recipe {recipe!r} does not exist")
@@ -70,7 +63,7 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: config error: {e}", file=sys.stderr)
         return 2
     from mawstron.core.data import check_data
-    from mawstron.parallel.periodic_eval import check_eval_data
+    from mawstron.parallel.training.periodic_eval import check_eval_data
 
     try:
         check_data(cfg.data, cfg.train.stage)
@@ -79,23 +72,21 @@ def run(args, recipe_args: list[str]) -> int:
         print(f"mawstron: data error: {e}", file=sys.stderr)
         return 2
     from mawstron.parallel.console import launcher_log_args
-    from mawstron.parallel.launch import build_arg_parser
-    from mawstron.parallel.preflight import PreflightError, clear_old_checkpoints, preflight
+    from mawstron.parallel.launcher.launch import build_arg_parser, free_port
+    from mawstron.parallel.launcher.preflight import PreflightError, prepare_run_folder
 
     recipe_flags = build_arg_parser().parse_args(recipe_args)
     if recipe_flags.dry_run:  # the recipe's own dry run, in this process: nothing starts
-        from mawstron.parallel.launch import launch
+        from mawstron.parallel.launcher.launch import launch
 
         return launch(cfg, recipe_args)
     try:
-        preflight(cfg, overwrite=recipe_flags.overwrite)
+        removed = prepare_run_folder(cfg, recipe_flags.overwrite)
     except PreflightError as e:
         print(f"mawstron: {e}", file=sys.stderr)
         return 2
-    if recipe_flags.overwrite:
-        removed = clear_old_checkpoints(cfg)
-        if removed:
-            print(f"[mawstron] --overwrite: removed {len(removed)} old checkpoint entries of {cfg.checkpoint_dir}")
+    if removed:
+        print(f"[mawstron] --overwrite: removed {len(removed)} old checkpoint entries of {cfg.checkpoint_dir}")
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [launcher, *launcher_log_args(recipe_flags.verbose or None)]
     env = dict(os.environ)
@@ -109,6 +100,6 @@ def run(args, recipe_args: list[str]) -> int:
     else:
         env.setdefault("DS_ACCELERATOR", "cpu")
         cmd += ["--num_gpus", str(args.gpus or 2)]
-    cmd += ["--master_port", str(args.master_port or _free_port()), args.recipe, *recipe_args]
+    cmd += ["--master_port", str(args.master_port or free_port()), args.recipe, *recipe_args]
     print(f"[mawstron] config of {cfg.name} is valid; starting: {' '.join(cmd)}", flush=True)
     os.execvpe(cmd[0], cmd, env)

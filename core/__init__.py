@@ -1,4 +1,5 @@
-"""Models (ViT family, MAE, WSP), FLOP accounting and weight loading: single-device PyTorch.
+"""Models (ViT family, MAE, WSP, CLIP), FLOP accounting, weight loading, and the data pipeline (``core/data``)
+and offline evaluation (``core/eval``): single-device PyTorch.
 
 ``core`` never imports ``mawstron.parallel`` or DeepSpeed; ``parallel`` applies sharding and checkpointing to
 these models.
@@ -9,13 +10,11 @@ from .contrastive import clip_loss
 from .flops import forward_flops, forward_flops_breakdown, training_flops
 from .mae import MAEConfig, MaskedAutoencoder, create_mae, encoder_state_dict, patchify, random_masking, unpatchify
 from .pos_embed import resample_abs_pos_embed, sincos_2d
-from .vit import (PRESETS, SIZE_FIELDS, ViTConfig, VisionTransformer, count_parameters, create_vit, size_overrides,
-                  vit_config)
+from .vit import PRESETS, SIZE_FIELDS, ViTConfig, VisionTransformer, count_parameters, size_overrides, vit_config
 from .weights import (
     LoadReport,
     adapt_state_dict,
     check_fit,
-    create_vit_from_checkpoint,
     guess_preset,
     load_pretrained,
     normalize_state_dict,
@@ -24,6 +23,7 @@ from .weights import (
     read_state_dict,
     register_folder_reader,
 )
+from .factory import create_vit, create_vit_from_checkpoint  # above the models, as timm's _factory
 from .wsp import create_wsp, multi_hot, wsp_loss
 
 __all__ = [

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .vit import VisionTransformer, create_vit
+from .flops import block_flops
+from .vit import VisionTransformer, vit_config
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = 100.0  # CLIP clamps the temperature so that training cannot blow up the logits
@@ -145,14 +146,12 @@ class CLIP(nn.Module):
 def create_clip(preset: str, lit: LitConfig, vocab_size: int | None = None, **vit_overrides) -> CLIP:
     """ViT preset ``preset`` (no head) + the XLM-R tower of ``lit``; ``vocab_size`` overrides lit's (a tokenizer
     trained on the captions has fewer tokens)."""
-    vision = create_vit(preset, num_classes=0, **vit_overrides)
+    vision = VisionTransformer(vit_config(preset, num_classes=0, **vit_overrides))
     return CLIP(vision, create_text_tower(lit, vocab_size), lit.embed_dim)
 
 
 def text_flops(lit: LitConfig, tokens: int | None = None) -> int:
     """Forward FLOPs of the text tower on one caption (matmuls only, as ``core.flops``)."""
-    from .flops import block_flops
-
     tokens = tokens or lit.max_length
     return lit.text_depth * block_flops(tokens, lit.text_width, lit.text_mlp_dim or 4 * lit.text_width) \
         + 2 * lit.text_width * lit.embed_dim

@@ -28,10 +28,13 @@ exported network computes the same features.
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
+
+from .clip import LitConfig
+from .vit import PRESETS
+from .weights import read_file, unwrap_state_dict
 
 RELEASE_TEXT = "text_encoder.encoder.transformer."
 OURS_TEXT = "text_encoder."
@@ -118,17 +121,7 @@ def ours_to_release(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A CLIP checkpoint file (``.safetensors`` or a torch file, optionally under ``model``/``state_dict``) as
     a flat dict in our key layout (a release layout is converted)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLIP checkpoint {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for wrapper in ("model", "state_dict", "module"):
-            if isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
+    state = unwrap_state_dict(read_file(path, what="CLIP checkpoint"))
     state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
     if not any(k.startswith("vision_encoder.") for k in state) or "text_projection" not in state:
         raise ValueError(f"{path!r} is not a CLIP checkpoint: it lacks vision_encoder.* / text_projection keys "
@@ -141,9 +134,6 @@ def infer_clip_config(state: dict[str, torch.Tensor]):
 
     The ViT preset is the one whose width, depth and patch size match (heads are not visible in shapes); the
     text tower's heads follow XLM-R's 64-wide heads."""
-    from .clip import LitConfig
-    from .vit import PRESETS
-
     width = state["vision_encoder.patch_embed.proj.weight"].shape[0]
     patch = state["vision_encoder.patch_embed.proj.weight"].shape[-1]
     depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("vision_encoder.blocks."))

@@ -293,23 +293,10 @@ def _verify_cached(name: str, r: Release, path: str, record: str) -> None:
             pass  # a read-only cache: checked again next time
 
 
-def create_pretrained_vit(preset: str, pretrained: str, **overrides):
-    """``create_vit(preset, pretrained="maws")``: the release ``<pretrained>_<preset>`` (e.g. ``maws_vit_h14``,
-    ``mae_vit_l16``, ``mae_in1k_vit_b16``; ``maws_ft_in1k`` gives ``maws_vit_h14_ft_in1k``) built and loaded."""
-    from .vit import create_vit
-    from .weights import load_pretrained
-
-    name = f"maws_{preset}_ft_in1k" if pretrained == "maws_ft_in1k" else f"{pretrained}_{preset}"
-    r = release(name)
-    model = create_vit(preset, **{**r.vit_overrides, **overrides})
-    load_pretrained(model, get_weights(name))
-    return model
-
-
 def clear_partial(name: str) -> None:
     """Remove a leftover ``.part`` of ``name`` (a download killed mid-way)."""
     _remove(cached_path(name) + ".part")
 
 
 __all__ = ["RELEASES", "Release", "WeightsDownloadError", "cache_dir", "cache_lock", "cached_path", "clear_partial",
-           "create_pretrained_vit", "download", "file_digests", "get_weights", "release"]
+           "download", "file_digests", "get_weights", "release"]

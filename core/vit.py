@@ -274,19 +274,5 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def create_vit(name: str, *, pretrained: str = "", **overrides) -> VisionTransformer:
-    """Build preset ``name`` (see ``PRESETS``) with any ``ViTConfig`` field overridden.
-
-    Builds on whatever device is current, so ``with torch.device("meta"): create_vit("vit_6.5b14")`` is instant
-    and allocates nothing.  ``pretrained="maws"`` (or ``"mae"``, ``"mae_in1k"``, ``"maws_ft_in1k"``) loads the
-    released weights of that name, downloading them into the cache once (see hub.py).
-    """
-    if pretrained:
-        from .hub import create_pretrained_vit
-
-        return create_pretrained_vit(name, pretrained, **overrides)
-    return VisionTransformer(vit_config(name, **overrides))
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .mae import DECODER_KEY_PREFIXES
 from .pos_embed import resample_abs_pos_embed
-from .vit import size_overrides
+from .vit import PRESETS, vit_config
 
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
 _PREFIXES = ("module.", "_orig_mod.", "vision_encoder.", "encoder.")
@@ -100,28 +100,38 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return read_state_dict(path), read_metadata(path)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A flat ``{name: tensor}`` from a ``.safetensors``/``.pt``/``.pth`` file, wrappers and prefixes removed."""
+def read_file(path: str | os.PathLike, what: str = "checkpoint file") -> dict:
+    """The raw contents of a ``.safetensors``/``.pt``/``.pth`` file (CPU tensors; torch files with
+    ``weights_only``); FileNotFoundError naming ``what`` when there is no such file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        raw = load_file(path)
-    else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    return normalize_state_dict(raw)
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def normalize_state_dict(raw: dict) -> dict[str, torch.Tensor]:
-    """Unwrap ``{"model": ...}``-style containers and strip training-wrapper prefixes."""
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` from a ``.safetensors``/``.pt``/``.pth`` file, wrappers and prefixes removed."""
+    return normalize_state_dict(read_file(path))
+
+
+def unwrap_state_dict(raw: dict) -> dict:
+    """The state dict inside ``{"model": ...}``-style containers (``raw`` itself when it holds tensors)."""
     sd = raw
     while isinstance(sd, dict) and not any(torch.is_tensor(v) for v in sd.values()):
         inner = next((sd[k] for k in _WRAPPER_KEYS if isinstance(sd.get(k), dict)), None)
         if inner is None:
             raise ValueError(f"no state dict found in checkpoint with top-level keys {sorted(sd)[:10]}")
         sd = inner
+    return sd
+
+
+def normalize_state_dict(raw: dict) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"model": ...}``-style containers and strip training-wrapper prefixes."""
+    sd = unwrap_state_dict(raw)
     if any(k.startswith("vision_encoder.") for k in sd) and any(k.startswith("text_encoder.") for k in sd):
         # a MAWS-CLIP checkpoint: its image tower (the text tower, projections and logit scale stay behind)
         sd = {k: v for k, v in sd.items() if k.startswith("vision_encoder.")}
@@ -208,8 +218,6 @@ def load_pretrained(model: nn.Module, source, strict: bool = True) -> LoadReport
 
 def guess_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
     """The preset whose width, depth and patch size match a timm-layout encoder state dict, if any."""
-    from .vit import PRESETS, vit_config
-
     proj = state_dict.get("patch_embed.proj.weight")
     if proj is None or proj.dim() != 4:
         return None
@@ -223,8 +231,6 @@ def guess_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
 
 
 def _preset_hint(state_dict: dict, meta: dict, model: nn.Module) -> str:
-    from .vit import vit_config
-
     name = meta.get("preset") or guess_preset(state_dict)
     config = getattr(model, "config", None)
     if name and config is not None:
@@ -237,27 +243,7 @@ def _preset_hint(state_dict: dict, meta: dict, model: nn.Module) -> str:
     return "; no preset has its shapes: build the model with the checkpoint's own sizes"
 
 
-def create_vit_from_checkpoint(path: str | os.PathLike, num_classes: int | None = None, **overrides):
-    """(model, report): the ViT that ``path`` holds, built from its metadata (preset, sizes, head) or, for a
-    plain timm state dict, from the preset its shapes match; weights loaded strictly.  ``report.vocab`` names
-    the head's outputs when the file records them."""
-    from .vit import create_vit
-
-    sd, meta = read_checkpoint(path)
-    model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-    preset = meta.get("preset") or guess_preset(sd)
-    if not preset:
-        raise ValueError(f"{os.fspath(path)!r} names no preset and its shapes match none: build the model with "
-                         f"create_vit(...) and call load_pretrained")
-    sizes = size_overrides(model_meta)
-    head = sd.get("head.weight")
-    if num_classes is None:
-        num_classes = meta.get("num_classes") or (int(head.shape[0]) if head is not None else 0)
-    model = create_vit(preset, **{**sizes, "num_classes": num_classes, **overrides})
-    return model, _load_with_meta(model, sd, meta)
-
-
-def _load_with_meta(model: nn.Module, sd: dict, meta: dict) -> LoadReport:
+def load_with_metadata(model: nn.Module, sd: dict, meta: dict) -> LoadReport:
     report = load_pretrained(model, sd)
     report.metadata = meta
     report.num_classes = meta.get("num_classes") or report.num_classes

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .vit import VisionTransformer, create_vit
+from .vit import VisionTransformer, vit_config
 
 
 def create_wsp(name: str, num_classes: int, **overrides) -> VisionTransformer:
     """ViT preset ``name`` with a ``num_classes``-way hashtag head."""
     if num_classes <= 0:
         raise ValueError(f"a WSP model needs a hashtag vocabulary: num_classes must be > 0, got {num_classes}")
-    return create_vit(name, num_classes=num_classes, **overrides)
+    return VisionTransformer(vit_config(name, num_classes=num_classes, **overrides))
 
 
 def multi_hot(labels: torch.Tensor | Sequence[Sequence[int]], num_classes: int, device=None) -> torch.Tensor:

@@ -3,6 +3,10 @@
 Models call the functions exported here; ``dispatch`` picks the Triton kernel on CUDA tensors and the
 plain-PyTorch reference elsewhere (``MAWSTRON_KERNELS=auto|reference|triton`` overrides).  Kernels know nothing
 of models: every op is defined on plain tensors.
+
+Layout: ``kernels/ops.py`` (one dispatching function and its plain-PyTorch reference per op),
+``kernels/dispatch.py`` (the backend rule), ``kernels/fused/`` (the Triton implementations, one file per op;
+named apart from the public functions, so no submodule ever shadows one of them).
 """
 
 from .dispatch import BACKENDS, requested_backend, triton_available, use_triton
@@ -17,7 +21,6 @@ from .ops import (
 )
 
 
-
 def flash_attention(q, k, v, softmax_scale=None):
     """The Triton FlashAttention-2 kernel on ``[batch, heads, seq, head_dim]`` (forward and backward).
 
@@ -25,7 +28,7 @@ def flash_attention(q, k, v, softmax_scale=None):
     ``attention`` for the dispatching entry.  Imported lazily so that ``import mawstron.kernels`` works
     without Triton.
     """
-    from .attention import flash_attention as _flash_attention
+    from .fused.attention import flash_attention as _flash_attention
 
     return _flash_attention(q, k, v, softmax_scale=softmax_scale)
 
@@ -45,23 +48,3 @@ __all__ = [
     "unshuffle_with_mask_tokens",
 ]
 
-
-# The Triton implementations live in submodules named like the ops they implement (``attention``, ``layer_norm``,
-# ``mae_loss``).  Importing a submodule makes Python bind it as an attribute of this package, which would replace
-# the public function of the same name (``mawstron.kernels.layer_norm`` turning into a module after the first
-# Triton call).  This package therefore keeps its public functions: a submodule never overwrites one of them.
-# (Reach a submodule with ``from mawstron.kernels.attention import ...`` or ``importlib.import_module``.)
-import sys as _sys
-import types as _types
-
-_PUBLIC_FUNCTIONS = frozenset(__all__)
-
-
-class _KernelsPackage(_types.ModuleType):
-    def __setattr__(self, name, value):
-        if name in _PUBLIC_FUNCTIONS and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _KernelsPackage

@@ -21,7 +21,7 @@ def attention_reference(q, k, v, softmax_scale=None):
 
 def attention(q, k, v, softmax_scale=None):
     if use_triton(q, k, v):
-        from .attention import flash_attention
+        from .fused.attention import flash_attention
 
         return flash_attention(q, k, v, softmax_scale=softmax_scale)
     return attention_reference(q, k, v, softmax_scale)
@@ -42,7 +42,7 @@ def packed_attention_reference(qkv, num_heads, softmax_scale=None):
 
 def packed_attention(qkv, num_heads, softmax_scale=None):
     if use_triton(qkv):
-        from .attention import flash_attention_packed
+        from .fused.attention import flash_attention_packed
 
         return flash_attention_packed(qkv, num_heads, softmax_scale=softmax_scale)
     return packed_attention_reference(qkv, num_heads, softmax_scale)
@@ -55,7 +55,7 @@ def layer_norm_reference(x, weight, bias, eps):
 
 def layer_norm(x, weight, bias, eps):
     if use_triton(x, weight, bias):
-        from .layer_norm import fused_layer_norm
+        from .fused.layer_norm import fused_layer_norm
 
         return fused_layer_norm(x, weight, bias, eps)
     return layer_norm_reference(x, weight, bias, eps)
@@ -69,7 +69,7 @@ def add_layer_norm_reference(x, residual, weight, bias, eps):
 
 def add_layer_norm(x, residual, weight, bias, eps):
     if use_triton(x, residual, weight, bias):
-        from .layer_norm import fused_add_layer_norm
+        from .fused.layer_norm import fused_add_layer_norm
 
         return fused_add_layer_norm(x, residual, weight, bias, eps)
     return add_layer_norm_reference(x, residual, weight, bias, eps)
@@ -88,7 +88,7 @@ def gather_visible_tokens_reference(x, pos_embed, ids_keep):
 
 def gather_visible_tokens(x, pos_embed, ids_keep):
     if use_triton(x, pos_embed, ids_keep):
-        from .masking import fused_gather_visible_tokens
+        from .fused.masking import fused_gather_visible_tokens
 
         return fused_gather_visible_tokens(x, pos_embed, ids_keep)
     return gather_visible_tokens_reference(x, pos_embed, ids_keep)
@@ -111,7 +111,7 @@ def unshuffle_with_mask_tokens_reference(x, mask_token, ids_restore, pos_embed):
 
 def unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed):
     if use_triton(x, mask_token, ids_restore, pos_embed):
-        from .masking import fused_unshuffle_with_mask_tokens
+        from .fused.masking import fused_unshuffle_with_mask_tokens
 
         return fused_unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed)
     return unshuffle_with_mask_tokens_reference(x, mask_token, ids_restore, pos_embed)
@@ -138,7 +138,7 @@ def mae_loss_reference(pred, target, mask, norm_pix_loss=True, eps=1e-6):
 
 def mae_loss(pred, target, mask, norm_pix_loss=True, eps=1e-6):
     if use_triton(pred, target, mask):
-        from .mae_loss import fused_mae_loss
+        from .fused.mae_loss import fused_mae_loss
 
         return fused_mae_loss(pred, target, mask, norm_pix_loss=norm_pix_loss, eps=eps)
     return mae_loss_reference(pred, target, mask, norm_pix_loss, eps)

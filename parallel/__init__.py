@@ -17,8 +17,8 @@ from .config import (
     TrainConfig,
     apply_overrides,
 )
-from .launch import launch
-from . import zero_weights  # noqa: F401,I001  (registers the ZeRO folder reader with core's load_pretrained)
+from .checkpoints import zero_weights  # noqa: F401,I001  (registers the ZeRO folder reader with core's load_pretrained)
+from .launcher.launch import launch
 
 __all__ = [
     "CheckpointConfig",

@@ -19,7 +19,8 @@ import yaml
 from mawstron.core import LitConfig, MAEConfig, PRESETS, size_overrides, vit_config
 from mawstron.core.data import DataConfig
 
-STAGES = ("mae", "wsp", "finetune", "lit")
+from .stages import STAGES, get_stage
+
 PRECISIONS = ("bf16", "fp16", "fp32")
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 
@@ -103,7 +104,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.stage not in STAGES:
-            raise ConfigError(f"train.stage={self.stage!r} must be one of {STAGES}")
+            raise ConfigError(f"train.stage={self.stage!r} must be one of {tuple(STAGES)}")
         for name in ("steps", "micro_batch", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -191,7 +192,7 @@ class CheckpointConfig:
 @dataclass
 class FinetuneConfig:
     """MAE's fine-tuning regularisation (core/augment.py; MAE's FINETUNE.md uses mixup=0.8 cutmix=1.0 reprob=0.25)
-    and an exponential moving average of the weights (parallel/ema.py).  Names follow MAE's main_finetune.py."""
+    and an exponential moving average of the weights (parallel/engine/ema.py).  Names follow MAE's main_finetune.py."""
 
     mixup: float = 0.0  # mixup alpha; 0 disables
     cutmix: float = 0.0  # cutmix alpha; 0 disables
@@ -216,7 +217,7 @@ class FinetuneConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during training (parallel/periodic_eval.py): fine-tuning reports top-1/top-5 on
+    """Evaluation during training (parallel/training/periodic_eval.py): fine-tuning reports top-1/top-5 on
     ``test_shards``; MAE and WSP report k-NN top-1 of frozen features (``train_shards`` as the memory,
     ``test_shards`` as queries).  Shards or an ImageFolder directory.  Runs every ``every_steps`` and at the end
     when ``test_shards`` is set."""
@@ -249,23 +250,21 @@ class RunConfig:
     lit: LitConfig = field(default_factory=LitConfig)  # train.stage=lit only
 
     def __post_init__(self):
-        if self.finetune.augments and self.train.stage != "finetune":
-            raise ConfigError("finetune.mixup / cutmix / reprob apply to train.stage=finetune only")
+        problem = self.stage.config_problem(self)  # what this stage cannot run with (parallel/stages/)
+        if problem:
+            raise ConfigError(problem)
         if self.finetune.ema_decay and self.parallel.offload_params == "nvme":
             raise ConfigError("finetune.ema_decay reads each rank's parameter partitions in memory; it does not "
                               "work with parallel.offload_params=nvme (use cpu offload or no EMA)")
-        if self.eval.test_shards and self.train.stage != "finetune" and not self.eval.train_shards:
-            raise ConfigError("the k-NN monitor of MAE / WSP needs eval.train_shards (its memory) as well as "
-                              "eval.test_shards, e.g. DIR/eval-train-*.tar and DIR/eval-test-*.tar")
-        if self.train.stage == "lit" and not self.checkpoint.init_from and not self.lit.unlock_image:
-            raise ConfigError("train.stage=lit locks the image tower: set checkpoint.init_from to a WSP/MAWS run's "
-                              "checkpoints/ folder or a consolidated encoder (or lit.unlock_image=true)")
-        if self.checkpoint.init_from and self.train.stage == "mae":
-            raise ConfigError("checkpoint.init_from loads an encoder into a WSP or fine-tuning run, not into MAE")
         try:
             self.model.vit_config()
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model section: {e}") from None
+
+    @property
+    def stage(self):
+        """The ``Stage`` object of ``train.stage`` (parallel/stages/): what differs between stages."""
+        return get_stage(self.train.stage)
 
     @property
     def run_dir(self) -> str:

@@ -3,12 +3,12 @@
     deepspeed --hostfile hosts recipes/vit6.5b_mae.py --set data.shards='/data/ig/{000000..099999}.tar'
     python recipes/vit6.5b_mae.py --dry-run          # validate, plan memory, allocate nothing
 
-Settings and their sources: mawstron/parallel/paper.py.  Micro-batch 32 per GPU fits 80 GB GPUs with every block
+Settings and their sources: parallel/planning/paper.py.  Micro-batch 32 per GPU fits 80 GB GPUs with every block
 checkpointed (see the dry run's plan).
 """
 
 from mawstron.parallel import launch
-from mawstron.parallel.paper import mae_run
+from mawstron.parallel.planning.paper import mae_run
 
 CONFIG = mae_run("vit6.5b_mae", "vit_6.5b14", micro_batch=32)
 

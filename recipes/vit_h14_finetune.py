@@ -4,12 +4,12 @@
     python recipes/vit_h14_finetune.py --dry-run        # validate, plan memory, allocate nothing
 
 Labelled webdataset shards (json field `label`). Settings and their sources (MAE's FINETUNE.md): see
-`finetune_run` in mawstron/parallel/paper.py. For MAWS's higher-resolution fine-tuning add
+`finetune_run` in parallel/planning/paper.py. For MAWS's higher-resolution fine-tuning add
 `--set model.img_size=518` (position embeddings are interpolated from the 224 px checkpoint).
 """
 
 from mawstron.parallel import launch
-from mawstron.parallel.paper import finetune_run
+from mawstron.parallel.planning.paper import finetune_run
 
 CONFIG = finetune_run("vit_h14_finetune", "vit_h14", micro_batch=32, init_from="runs/vit_h14_wsp/checkpoints")
 

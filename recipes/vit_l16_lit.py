@@ -4,11 +4,11 @@
     python recipes/vit_l16_lit.py --dry-run          # validate, plan memory, allocate nothing
 
 The text tower starts from the Hugging Face xlm-roberta-large weights and tokenizer (needs the network or a local copy:
-`--set lit.text_model=/path/to/xlm-roberta-large`).  Settings and their sources: mawstron/parallel/lit.py.
+`--set lit.text_model=/path/to/xlm-roberta-large`).  Settings and their sources: parallel/planning/paper.py.
 """
 
 from mawstron.parallel import launch
-from mawstron.parallel.lit import lit_run
+from mawstron.parallel.planning.paper import lit_run
 
 CONFIG = lit_run("vit_l16_lit", "vit_l16", micro_batch=256, init_from="runs/vit_l16_wsp/checkpoints")
 

@@ -8,7 +8,7 @@ run (``wgmma.mma_async``, Hopper's tensor-core path, or ``mma.sync``, the Ampere
     python tests/_compile_kernels.py --full       # every preset (N, D) x bf16/fp16 (+ fp32 kernels), both schedules
     python tests/_compile_kernels.py --quick      # the attention kernels of one shape (gpu_check.sh --dry-run)
     python tests/_compile_kernels.py --json F     # also write every compiled kernel's PTX counts to F
-    python tests/_compile_kernels.py --table      # every entry of kernels/attention_configs.json, for its GPU,
+    python tests/_compile_kernels.py --table      # every entry of kernels/fused/attention_configs.json, for its GPU,
                                                   # failing if its shared memory exceeds that GPU's limit
 
 Attention kernels are compiled with exactly the configs the launchers pick on an sm_90 GPU
@@ -31,11 +31,11 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-A = importlib.import_module("mawstron.kernels.attention")
-CFG = importlib.import_module("mawstron.kernels.attention_configs")
-LN = importlib.import_module("mawstron.kernels.layer_norm")
-MK = importlib.import_module("mawstron.kernels.masking")
-LO = importlib.import_module("mawstron.kernels.mae_loss")
+A = importlib.import_module("mawstron.kernels.fused.attention")
+CFG = importlib.import_module("mawstron.kernels.fused.attention_configs")
+LN = importlib.import_module("mawstron.kernels.fused.layer_norm")
+MK = importlib.import_module("mawstron.kernels.fused.masking")
+LO = importlib.import_module("mawstron.kernels.fused.mae_loss")
 
 # (preset, heads, head dim, sequence lengths): MAE encoder (25 % of patches + cls), full 224 px, 518 px /14
 PRESET_SHAPES = importlib.import_module("mawstron.core.flops").attention_shapes()

@@ -14,7 +14,7 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from mawstron.kernels._common import single_threaded_numpy_blas
+    from mawstron.kernels.fused._common import single_threaded_numpy_blas
 
     single_threaded_numpy_blas()  # the interpreter's tl.dot is np.matmul: 10x faster on a shared CPU
     # triton.language builds its own @jit helpers (tl.sum, tl.max, ...) when first imported, as interpreted or
@@ -43,7 +43,7 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="bf16 is tested only on 
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     """Every tensor a Triton wrapper allocates for its kernels starts as NaN (-1 for integers)."""
-    from mawstron.kernels import _common
+    from mawstron.kernels.fused import _common
 
     monkeypatch.setattr(_common, "POISON_OUTPUTS", True)
     yield

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from distributed_runs import LAUNCH_TIMEOUT_S, env, launcher_cmd, read_metrics
-from mawstron.parallel import checkpoint as ckpt
-from mawstron.parallel.status import read_status
+from mawstron.parallel.checkpoints import store as ckpt
+from mawstron.parallel.training.status import read_status
 
 pytestmark = pytest.mark.multirank
 

@@ -2,6 +2,7 @@
 manifests and fallback, `mawstron checkpoints`, status.json, signal recording."""
 
 import contextlib
+import dataclasses
 import io
 import os
 import runpy
@@ -10,13 +11,13 @@ import signal
 import pytest
 
 from mawstron.cli.main import main as cli_main
-from mawstron.parallel import checkpoint as ckpt
+from mawstron.parallel.checkpoints import store as ckpt
 from mawstron.parallel.config import ConfigError, RunConfig, apply_overrides
-from mawstron.parallel.ds_config import build_ds_config
-from mawstron.parallel.launch import launch
-from mawstron.parallel.resilience import PreemptionHandler
-from mawstron.parallel.schedule import format_duration, schedule
-from mawstron.parallel.status import StatusFile, read_status
+from mawstron.parallel.engine.ds_config import build_ds_config
+from mawstron.parallel.launcher.launch import launch
+from mawstron.parallel.training.resilience import PreemptionHandler
+from mawstron.parallel.training.schedule import Schedule, format_duration
+from mawstron.parallel.training.status import StatusFile, read_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +44,8 @@ def schedule_of(text):
 def test_paper_recipe_schedule_does_not_depend_on_the_gpu_count(recipe, few, many):
     cfg = recipe_config(recipe)
     gb = cfg.train.global_batch
-    small = schedule(cfg, few)
-    large = schedule(apply_overrides(cfg, [], [f"train.micro_batch={gb // many}"]), many)
+    small = dataclasses.asdict(Schedule.of(cfg, few))
+    large = dataclasses.asdict(Schedule.of(apply_overrides(cfg, [], [f"train.micro_batch={gb // many}"]), many))
     for key in ("global_batch", "peak_lr", "steps", "warmup_steps", "images_seen"):
         assert small[key] == large[key], key
     assert small["grad_accum"] * small["micro_batch"] * few == gb == large["grad_accum"] * large["micro_batch"] * many
@@ -81,12 +82,12 @@ def test_grad_accum_is_derived_and_an_explicit_one_must_agree():
 
 def test_lr_scales_with_the_global_batch():
     wsp = recipe_config("vit_h14_wsp.py")
-    assert schedule(wsp, 128)["peak_lr"] == pytest.approx(1e-3)  # the paper's lr at the paper's batch 8192
+    assert Schedule.of(wsp, 128).peak_lr == pytest.approx(1e-3)  # the paper's lr at the paper's batch 8192
     half = apply_overrides(wsp, [], ["train.global_batch=4096"])
-    assert schedule(half, 64)["peak_lr"] == pytest.approx(5e-4)
+    assert Schedule.of(half, 64).peak_lr == pytest.approx(5e-4)
     mae = apply_overrides(RunConfig(), [], ["train.global_batch=512", "train.micro_batch=8", "optim.base_lr=1e-4"])
-    assert schedule(mae, 4)["peak_lr"] == pytest.approx(2e-4)  # base_lr x 512 / 256 whatever the world size
-    assert schedule(mae, 64)["peak_lr"] == pytest.approx(2e-4)
+    assert Schedule.of(mae, 4).peak_lr == pytest.approx(2e-4)  # base_lr x 512 / 256 whatever the world size
+    assert Schedule.of(mae, 64).peak_lr == pytest.approx(2e-4)
 
 
 def test_durations_read_well():
@@ -187,7 +188,7 @@ def test_preemption_handler_records_the_signal_and_restores_handlers():
 
 def test_data_position_on_a_new_world_continues_the_images_seen():
     from mawstron.core.data.loader import SyntheticLoader
-    from mawstron.parallel.universal import data_state_for_world
+    from mawstron.parallel.checkpoints.universal import data_state_for_world
 
     # 2 ranks x 3 steps x accumulation 1 of micro-batch 8 = 48 images; on 1 rank (accumulation 2) the same 48
     old = [SyntheticLoader(img_size=8, micro_batch=8, rank=r, world_size=2) for r in range(2)]

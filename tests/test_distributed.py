@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 
 from distributed_runs import read_metrics, run, run_and_kill_after
 from mawstron.core import create_vit, load_pretrained
-from mawstron.parallel.checkpoint import consolidate, read_zero_checkpoint
-from mawstron.parallel.plan import model_shape_stats, model_state_bytes
+from mawstron.parallel.checkpoints.consolidate import consolidate
+from mawstron.parallel.checkpoints.store import read_zero_checkpoint
+from mawstron.parallel.planning.plan import model_shape_stats, model_state_bytes
 
 pytestmark = pytest.mark.multirank
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from distributed_runs import read_metrics, run
 from folder_helpers import make_image_folder
-from mawstron.parallel.checkpoint import read_zero_checkpoint, tag_for_step
+from mawstron.parallel.checkpoints.store import read_zero_checkpoint, tag_for_step
 
 pytestmark = pytest.mark.multirank
 

@@ -9,9 +9,9 @@ import torch
 
 from mawstron.core.augment import MixupConfig, cutmix_box, mix_batch, random_erasing, smooth_targets
 from mawstron.parallel.config import ConfigError, RunConfig, apply_overrides
-from mawstron.parallel.ema import WeightEMA
-from mawstron.parallel.periodic_eval import knn_top1, topk_correct
-from mawstron.parallel.regularize import regularize
+from mawstron.parallel.engine.ema import WeightEMA
+from mawstron.parallel.training.periodic_eval import knn_top1, topk_correct
+from mawstron.parallel.stages.regularize import regularize
 
 
 def one_hot(labels, n):
@@ -135,13 +135,11 @@ def test_topk_and_knn():
 def test_knn_monitor_of_an_mae_encoder_and_the_split_of_work_between_ranks(tmp_path):
     """The pre-training monitor end to end on one process (a gloo group of one): features through the module's
     __call__ (as ZeRO-3 needs), k-NN over an ImageFolder memory; then each rank's share of the batches."""
-    import types
-
     import torch.distributed as dist
 
     from folder_helpers import make_image_folder
     from mawstron.core import MAEConfig, create_mae
-    from mawstron.parallel.periodic_eval import PeriodicEval
+    from mawstron.parallel.training.periodic_eval import PeriodicEval
 
     root = str(tmp_path / "images")
     make_image_folder(root, images=22)
@@ -149,11 +147,9 @@ def test_knn_monitor_of_an_mae_encoder_and_the_split_of_work_between_ranks(tmp_p
                                                     f"eval.test_shards={root}", "eval.batch_size=4",
                                                     "eval.knn_k=1", "train.steps=10", "eval.every_steps=4"])
     model = create_mae("vit_micro", mae=MAEConfig(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2))
-    trainer = types.SimpleNamespace(cfg=cfg, rank=0, world_size=1, engine=types.SimpleNamespace(module=model),
-                                    vit_config=model.config, device=torch.device("cpu"), dtype=torch.float32)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        evaluator = PeriodicEval(trainer)
+        evaluator = PeriodicEval(cfg, model, rank=0, world_size=1, device=torch.device("cpu"), dtype=torch.float32)
         result = evaluator.evaluate()
     finally:
         dist.destroy_process_group()
@@ -185,17 +181,14 @@ def test_train_refuses_missing_evaluation_data_before_launch(tmp_path, capsys):
 
 
 def test_ema_is_saved_with_checkpoints_and_resumed(tmp_path):
-    import types
-
-    from mawstron.parallel import checkpoint as ckpt
-    from mawstron.parallel.periodic_eval import PeriodicEval
+    from mawstron.parallel.checkpoints import store as ckpt
+    from mawstron.parallel.training.periodic_eval import PeriodicEval
 
     cfg = apply_overrides(RunConfig(), assignments=["train.stage=finetune", "finetune.ema_decay=0.5",
                                                     "train.steps=4", "checkpoint.every_steps=2",
                                                     f"output_dir={tmp_path}"])
     model = torch.nn.Linear(2, 2)
-    trainer = types.SimpleNamespace(cfg=cfg, rank=0, world_size=1, engine=types.SimpleNamespace(module=model))
-    first = PeriodicEval(trainer)
+    first = PeriodicEval(cfg, model)
     for step in (1, 2, 3):
         with torch.no_grad():
             model.weight.add_(1.0)
@@ -206,8 +199,7 @@ def test_ema_is_saved_with_checkpoints_and_resumed(tmp_path):
     assert os.path.isfile(saved) and not os.path.exists(saved.replace("00000002", "00000003"))
     ckpt.finalize(cfg.checkpoint_dir, ckpt.tag_for_step(2), 2, {}, keep_last=2, world_size=1)
     state = torch.load(saved, weights_only=True)
-    resumed = PeriodicEval(types.SimpleNamespace(cfg=apply_overrides(cfg, assignments=["checkpoint.resume=true"]),
-                                                 rank=0, world_size=1, engine=types.SimpleNamespace(module=model)))
+    resumed = PeriodicEval(apply_overrides(cfg, assignments=["checkpoint.resume=true"]), model)
     assert resumed.ema.updates == 2 and torch.equal(resumed.ema.shadow[0], state["shadow"][0])
     with pytest.raises(ValueError, match="other parameters"):
         WeightEMA(torch.nn.Linear(2, 3, bias=False), 0.5).load_state_dict(state)

@@ -18,7 +18,7 @@ from mawstron.core.data import DataConfig, build_eval_loader, build_train_loader
 from mawstron.core.data.eval_loader import eval_transform
 from mawstron.core.data.shards import build_vocab, expand_shards
 from mawstron.parallel.config import ModelConfig
-from mawstron.parallel.evaluate import checkpoint_tag
+from mawstron.parallel.evaluation.evaluate import checkpoint_tag
 
 
 @pytest.fixture

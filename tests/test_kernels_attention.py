@@ -1,4 +1,4 @@
-"""Triton fused attention (kernels/attention.py) against a float64 reference: forward and every gradient.
+"""Triton fused attention (kernels/fused/attention.py) against a float64 reference: forward and every gradient.
 
 CPU: runs under the Triton interpreter (fp32, fp16).  bf16 only on a GPU (TestBF16, skipped otherwise).
 Inputs are fresh random tensors per case, kernel outputs are NaN-poisoned before every call.
@@ -40,7 +40,7 @@ def _cases():
 
 
 def _check_bhnd(n, d, dtype, heads, scale=None, batch=1):
-    from mawstron.kernels.attention import flash_attention
+    from mawstron.kernels.fused.attention import flash_attention
 
     q, k, v = (torch.randn(batch, heads, n, d, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
     out = flash_attention(q, k, v, softmax_scale=scale)
@@ -63,7 +63,7 @@ def test_flash_attention_matches_float64(n, d, dtype):
 @pytest.mark.parametrize("n,heads,d", ((65, 2, 80), (50, 3, 64), (197, 2, 128)))
 def test_packed_qkv_matches_float64(n, heads, d, dtype):
     """timm's fused qkv [B, N, 3*H*D] in, [B, N, H*D] out, dqkv in the packed layout."""
-    from mawstron.kernels.attention import flash_attention_packed
+    from mawstron.kernels.fused.attention import flash_attention_packed
 
     b = 2
     qkv = torch.randn(b, n, 3 * heads * d, device=DEVICE, dtype=dtype, requires_grad=True)
@@ -84,7 +84,7 @@ def test_softmax_scale_and_batch():
 
 
 def test_non_contiguous_inputs_read_through_strides():
-    from mawstron.kernels.attention import flash_attention
+    from mawstron.kernels.fused.attention import flash_attention
 
     b, h, n, d = 2, 2, 65, 80
     # [B, N, H, D] storage viewed as [B, H, N, D], and a grad that is non-contiguous too
@@ -106,7 +106,7 @@ def test_public_entry_and_dispatch(monkeypatch):
     import mawstron.kernels as K
 
     for name in ("attention", "layer_norm", "masking", "mae_loss"):  # the submodules shadow no public op
-        importlib.import_module(f"mawstron.kernels.{name}")
+        importlib.import_module(f"mawstron.kernels.fused.{name}")
     assert callable(K.attention) and callable(K.layer_norm) and callable(K.mae_loss)
 
     q, k, v = (torch.randn(1, 2, 50, 64, device=DEVICE) for _ in range(3))
@@ -116,7 +116,7 @@ def test_public_entry_and_dispatch(monkeypatch):
 
 
 def test_bad_inputs_name_the_argument():
-    from mawstron.kernels.attention import flash_attention, flash_attention_packed
+    from mawstron.kernels.fused.attention import flash_attention, flash_attention_packed
 
     q = torch.randn(1, 2, 50, 64, device=DEVICE)
     with pytest.raises(ValueError, match="k has shape"):
@@ -161,7 +161,7 @@ def test_launch_configs_table_and_head_dim_split(monkeypatch, tmp_path):
     import importlib
     import json
 
-    cfgs = importlib.import_module("mawstron.kernels.attention_configs")
+    cfgs = importlib.import_module("mawstron.kernels.fused.attention_configs")
     assert [cfgs.head_dim_split(d) for d in (64, 80, 96, 72, 112, 128, 48, 200, 8)] == [
         (64, 0), (64, 16), (64, 32), (64, 16), (128, 0), (128, 0), (32, 16), (256, 0), (16, 0)]
     assert cfgs.table_key((9, 0), torch.bfloat16, 80, 1370) == "sm90/bf16/d80/n2048"

@@ -47,7 +47,7 @@ def test_config_table_entries_compile_and_fit_shared_memory(tmp_path):
     kernels = _run(tmp_path, "--table", "--dtype", "bf16")
     import importlib
 
-    table = importlib.import_module("mawstron.kernels.attention_configs").load_table()
+    table = importlib.import_module("mawstron.kernels.fused.attention_configs").load_table()
     bf16_keys = {k for k in table if "/bf16/" in k}
     assert bf16_keys and {k.split()[1] for k in kernels} == bf16_keys
     for key in bf16_keys:  # forward and both backward schedules of every entry

@@ -40,7 +40,7 @@ def _compare(outs, refs, ours, ref_leaves, dtype, names):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ((2, 65, 192), (3, 80), (1, 50, 1000), (2, 7, 1280)))
 def test_layer_norm(shape, dtype):
-    from mawstron.kernels.layer_norm import fused_layer_norm
+    from mawstron.kernels.fused.layer_norm import fused_layer_norm
 
     n = shape[-1]
     (x, w, b), (xr, wr, br) = _leaves(torch.randn(shape) * 3 + 1, 1 + torch.randn(n) * 0.1, torch.randn(n),
@@ -52,7 +52,7 @@ def test_layer_norm(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ((2, 65, 192), (1, 50, 1000)))
 def test_add_layer_norm(shape, dtype):
-    from mawstron.kernels.layer_norm import fused_add_layer_norm
+    from mawstron.kernels.fused.layer_norm import fused_add_layer_norm
 
     n = shape[-1]
     leaves, refs = _leaves(torch.randn(shape), torch.randn(shape), 1 + torch.randn(n) * 0.1, torch.randn(n),
@@ -64,7 +64,7 @@ def test_add_layer_norm(shape, dtype):
 
 
 def test_layer_norm_eps_and_non_contiguous_input():
-    from mawstron.kernels.layer_norm import fused_layer_norm
+    from mawstron.kernels.fused.layer_norm import fused_layer_norm
 
     x = torch.randn(80, 6, device=DEVICE).t() * 1e-3  # small variance: eps matters; strided rows
     w, b = torch.randn(80, device=DEVICE), torch.randn(80, device=DEVICE)
@@ -76,7 +76,7 @@ def test_layer_norm_eps_and_non_contiguous_input():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,length,keep,d", ((2, 64, 16, 64), (3, 16, 4, 80)))
 def test_gather_visible_tokens(b, length, keep, d, dtype):
-    from mawstron.kernels.masking import fused_gather_visible_tokens
+    from mawstron.kernels.fused.masking import fused_gather_visible_tokens
 
     ids_keep = torch.stack([torch.randperm(length)[:keep] for _ in range(b)]).to(DEVICE)
     (x, pos), (xr, posr) = _leaves(torch.randn(b, length, d), torch.randn(1, length, d), dtype=dtype)
@@ -87,7 +87,7 @@ def test_gather_visible_tokens(b, length, keep, d, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,length,keep,d", ((2, 64, 16, 64), (3, 16, 4, 80)))
 def test_unshuffle_with_mask_tokens(b, length, keep, d, dtype):
-    from mawstron.kernels.masking import fused_unshuffle_with_mask_tokens
+    from mawstron.kernels.fused.masking import fused_unshuffle_with_mask_tokens
     from mawstron.kernels.ops import unshuffle_with_mask_tokens_reference
 
     ids_restore = torch.stack([torch.argsort(torch.randperm(length)) for _ in range(b)]).to(DEVICE)
@@ -101,7 +101,7 @@ def test_unshuffle_with_mask_tokens(b, length, keep, d, dtype):
 
 
 def test_masking_validation_names_the_argument():
-    from mawstron.kernels.masking import fused_gather_visible_tokens, fused_unshuffle_with_mask_tokens
+    from mawstron.kernels.fused.masking import fused_gather_visible_tokens, fused_unshuffle_with_mask_tokens
 
     x = torch.randn(2, 16, 8, device=DEVICE)
     with pytest.raises(ValueError, match="pos_embed has shape"):
@@ -117,7 +117,7 @@ def test_masking_validation_names_the_argument():
 
 def test_masking_rejects_ids_that_are_not_permutations(monkeypatch):
     """A duplicate id would race in the gather backward; a missing one would leave un-shuffle dx rows unwritten."""
-    from mawstron.kernels.masking import fused_gather_visible_tokens, fused_unshuffle_with_mask_tokens
+    from mawstron.kernels.fused.masking import fused_gather_visible_tokens, fused_unshuffle_with_mask_tokens
 
     b, length, d = 2, 16, 8
     x, pos = torch.randn(b, length, d, device=DEVICE), torch.randn(1, length, d, device=DEVICE)
@@ -155,7 +155,7 @@ def _mae_loss_f64(pred, target, mask, norm_pix_loss, eps):
 @pytest.mark.parametrize("norm_pix_loss", (True, False))
 @pytest.mark.parametrize("b,length,p", ((2, 64, 48), (1, 50, 768), (1, 37, 588)))
 def test_mae_loss(b, length, p, norm_pix_loss, dtype):
-    from mawstron.kernels.mae_loss import fused_mae_loss
+    from mawstron.kernels.fused.mae_loss import fused_mae_loss
 
     mask = (torch.rand(b, length) < 0.75).float().to(DEVICE)
     (pred, target), (pr, tr) = _leaves(torch.randn(b, length, p), torch.rand(b, length, p) * 2, dtype=dtype)
@@ -172,7 +172,7 @@ def test_mae_loss(b, length, p, norm_pix_loss, dtype):
 
 
 def test_mae_loss_eps_and_bool_mask():
-    from mawstron.kernels.mae_loss import fused_mae_loss
+    from mawstron.kernels.fused.mae_loss import fused_mae_loss
 
     pred, target = torch.randn(2, 9, 12, device=DEVICE), torch.randn(2, 9, 12, device=DEVICE) * 1e-3
     target[0, 0] = 0.5  # constant patch: var = 0, only eps keeps it finite

@@ -51,7 +51,7 @@ def _rank(rank, world, port, result_queue):
     finally:
         dist.destroy_process_group()
     # leave without the interpreter's teardown: C++ static destructors at exit still abort a gloo rank now and then
-    # after a clean run (exit -6 in clean-clone CI runs, as the trainer's launched ranks did: parallel/launch.py
+    # after a clean run (exit -6 in clean-clone CI runs, as the trainer's launched ranks did: parallel/launcher/launch.py
     # leaves the same way); the queue's feeder thread is flushed first, so the result is not lost
     result_queue.close()
     result_queue.join_thread()
@@ -105,7 +105,7 @@ def test_single_process_loss_matches_the_reference_and_prefers_matching_pairs():
 
 def test_locked_image_tower_gets_no_gradient_and_no_optimizer_state():
     from mawstron.parallel.config import OptimConfig
-    from mawstron.parallel.lit import lit_param_groups
+    from mawstron.parallel.stages.lit import lit_param_groups
 
     model = create_clip("vit_micro", TINY_LIT)
     model.vision_encoder.requires_grad_(False)
@@ -245,8 +245,8 @@ def test_plan_counts_the_text_tower_the_frozen_image_tower_and_the_all_gather():
     import dataclasses
 
     from mawstron.core import count_parameters, create_vit
-    from mawstron.parallel.lit import maws_clip_lit
-    from mawstron.parallel.plan import GIB, contrastive_bytes, plan
+    from mawstron.parallel.planning.paper import maws_clip_lit
+    from mawstron.parallel.planning.plan import GIB, contrastive_bytes, plan
 
     lit = maws_clip_lit("vit_b16")
     assert (lit.text_width, lit.text_depth, lit.vocab_size, lit.embed_dim) == (768, 12, 250002, 768)

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from distributed_runs import read_metrics, run
 from mawstron.core import create_vit
-from mawstron.parallel.checkpoint import consolidate, read_zero_checkpoint
+from mawstron.parallel.checkpoints.consolidate import consolidate
+from mawstron.parallel.checkpoints.store import read_zero_checkpoint
 
 pytestmark = pytest.mark.multirank
 

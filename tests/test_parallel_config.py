@@ -3,7 +3,7 @@
 import pytest
 
 from mawstron.parallel.config import ConfigError, RunConfig, apply_overrides, parse_set
-from mawstron.parallel.ds_config import build_ds_config
+from mawstron.parallel.engine.ds_config import build_ds_config
 
 
 def test_overrides_are_typed():

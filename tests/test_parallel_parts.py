@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from mawstron.core import create_mae, create_vit
-from mawstron.parallel import checkpoint as ckpt
-from mawstron.parallel.activation_checkpointing import apply_activation_checkpointing
+from mawstron.parallel.checkpoints import store as ckpt
+from mawstron.parallel.engine.activation_checkpointing import apply_activation_checkpointing
 from mawstron.parallel.config import OptimConfig
-from mawstron.parallel.launch import dry_run_report
-from mawstron.parallel.metrics import MetricsWriter
-from mawstron.parallel.optim import layer_id, lr_at, param_groups
+from mawstron.parallel.launcher.launch import dry_run_report
+from mawstron.parallel.training.metrics import MetricsWriter
+from mawstron.parallel.engine.optim import layer_id, lr_at, param_groups
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 

@@ -162,7 +162,7 @@ def check_command(command: str):
             cfg = check_recipe(args.recipe, unknown)
             return None if "--dry-run" in unknown else cfg
         elif getattr(args, "command", None) == "bench":
-            from mawstron.parallel.bench import build_arg_parser, config_from_args
+            from mawstron.parallel.launcher.bench import build_arg_parser, config_from_args
 
             config_from_args(build_arg_parser().parse_args(unknown))
         else:

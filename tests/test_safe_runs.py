@@ -7,17 +7,17 @@ import pytest
 
 from mawstron.cli.main import main
 from mawstron.parallel import RunConfig, apply_overrides
-from mawstron.parallel import checkpoint as ckpt
+from mawstron.parallel.checkpoints import store as ckpt
 from mawstron.parallel.config import ConfigError
-from mawstron.parallel.launch import launch
-from mawstron.parallel.preflight import (
+from mawstron.parallel.launcher.launch import launch
+from mawstron.parallel.launcher.preflight import (
     PreflightError,
     check_init_from,
     check_run_folder,
     clear_old_checkpoints,
     data_notice,
-    divergence_advice,
 )
+from mawstron.parallel.training.trainer import divergence_advice
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MAE = os.path.join(REPO, "recipes", "vit_tiny_mae.py")
@@ -95,7 +95,7 @@ def test_init_from_is_checked_before_launch_and_not_read_on_resume(tmp_path, cap
 
 
 def test_resume_builds_the_model_without_reading_init_from(tmp_path):
-    from mawstron.parallel.build import build_model
+    from mawstron.parallel.engine.build import build_model
 
     sets = ["train.stage=wsp", "model.preset=vit_micro", "parallel.zero_stage=0", "parallel.activation_checkpointing=0",
             f"checkpoint.init_from={tmp_path}/gone"]
@@ -206,7 +206,7 @@ def test_benchmarks_write_to_runs_unless_out_says_otherwise(tmp_path, monkeypatc
     import importlib.util
     import sys
 
-    from mawstron.parallel import bench
+    from mawstron.parallel.launcher import bench
 
     assert bench.RESULTS_DIR.startswith("runs/")
     monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))

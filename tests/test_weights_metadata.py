@@ -76,7 +76,7 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_head_metadata_records_the_vocabulary_or_the_classes(tmp_path):
-    from mawstron.parallel.zero_weights import head_metadata
+    from mawstron.parallel.checkpoints.zero_weights import head_metadata
 
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps({"tags": ["a", "b"], "counts": {}}))

@@ -3,20 +3,44 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .shards import Sample, Vocab, assign_shards, build_index, expand_shards, parse_meta, read_num_classes
 
-# augmentation per stage: RandomResizedCrop area range.  MAE uses (0.2, 1.0) (He et al. 2022); WSP and
-# fine-tuning use the standard Inception crop (0.08, 1.0) (Szegedy et al. 2015), as SWAG/MAWS pretraining does.
-CROP_SCALE = {"mae": (0.2, 1.0), "wsp": (0.08, 1.0), "finetune": (0.08, 1.0),
-              # LiT: the caption describes the whole picture, so crops keep most of it (LiT's inception crop is
-              # for 224 px photos; on the 32 px synthetic images a 8% crop often cuts the object out)
-              "lit": (0.4, 1.0)}
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a training stage's batches hold, as the loaders see it (``parallel/stages/`` answers the rest): the
+    loaders ask this instead of comparing stage names."""
+
+    labels: str  # "none"; "hashtags": multi-hot over data.vocab (WSP); "classes": one-hot of the json label
+    captions: bool  # tokenized captions (input_ids, attention_mask) for LiT
+    crop_scale: tuple[float, float]  # RandomResizedCrop's area range
+
+    @property
+    def reads_meta(self) -> bool:
+        """Whether a batch needs each sample's json metadata (labels or captions)."""
+        return self.labels != "none" or self.captions
+
+
+# Crops: MAE uses (0.2, 1.0) (He et al. 2022); WSP and fine-tuning use the standard Inception crop (0.08, 1.0)
+# (Szegedy et al. 2015), as SWAG/MAWS pretraining does.  LiT: the caption describes the whole picture, so crops
+# keep most of it (LiT's inception crop is for 224 px photos; on the 32 px synthetic images a 8% crop often cuts
+# the object out).
+BATCHES = {"mae": BatchSpec("none", False, (0.2, 1.0)), "wsp": BatchSpec("hashtags", False, (0.08, 1.0)),
+           "finetune": BatchSpec("classes", False, (0.08, 1.0)), "lit": BatchSpec("none", True, (0.4, 1.0))}
+CROP_SCALE = {stage: spec.crop_scale for stage, spec in BATCHES.items()}
 CROP_RATIO = (3 / 4, 4 / 3)
-STAGES = tuple(CROP_SCALE)
+STAGES = tuple(BATCHES)
+
+
+def batch_spec(stage: str) -> BatchSpec:
+    """The batches of ``train.stage=stage``; ValueError naming the choices for an unknown stage."""
+    if stage not in BATCHES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return BATCHES[stage]
 
 
 def crop_scale(cfg, stage: str) -> tuple[float, float]:
@@ -47,20 +71,19 @@ class RankShards:
     """Shards of ``cfg.shards`` that ``rank`` reads, their indexes, and what indexing left out."""
 
     def __init__(self, cfg, *, stage: str, rank: int, world_size: int, tokenizer=None):
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.batches = batch_spec(stage)
         self.stage = stage
-        if stage == "lit" and tokenizer is None:
-            raise ValueError("stage lit needs a tokenizer for the captions")
+        if self.batches.captions and tokenizer is None:
+            raise ValueError(f"stage {stage} needs a tokenizer for the captions")
         self.tokenizer = tokenizer
         self.all_shards = expand_shards(cfg.shards)
         self.paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
         self.cfg, self.rank = cfg, rank
         self.load_indexes(validate=cfg.validate)
-        self.vocab = Vocab(cfg.vocab) if stage == "wsp" else None
-        if stage == "wsp":
+        self.vocab = Vocab(cfg.vocab) if self.batches.labels == "hashtags" else None
+        if self.vocab is not None:
             self.num_classes = len(self.vocab)
-        elif stage == "finetune":
+        elif self.batches.labels == "classes":
             self.num_classes = read_num_classes(self.all_shards)
             self.check_labels()
         else:
@@ -113,7 +136,7 @@ class RankShards:
         power = resample_power(self.cfg.resample, self.cfg.resample_power)
         if power is None:
             return None
-        if self.stage != "wsp":
+        if self.batches.labels != "hashtags":
             raise ValueError(f"data.resample={self.cfg.resample} re-samples by hashtag, which only WSP has; "
                              f"use data.resample=none for {self.stage}")
         counts = self.vocab.counts()
@@ -133,12 +156,12 @@ class RankShards:
 
     def targets(self, metas: list[dict]) -> tuple[torch.Tensor | None, int]:
         """Targets for a batch of metadata dicts and how many images had no known hashtag."""
-        if self.stage in ("mae", "lit"):
+        if self.batches.labels == "none":
             return None, 0
         out = torch.zeros(len(metas), self.num_classes)
         missing = 0
         for i, meta in enumerate(metas):
-            if self.stage == "wsp":
+            if self.vocab is not None:
                 idx = self.vocab.indices(meta)
                 if idx:
                     out[i, idx] = 1.0

@@ -119,7 +119,7 @@ class DaliShardLoader:
     def _build(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        with_meta = self.stage != "mae"
+        with_meta = self.shards.batches.reads_meta
         paths, index_paths = [ix.path for ix in self.shards.usable], [ix.index_path for ix in self.shards.usable]
         shard_id, num_shards = self.shards.sub_rank, self.shards.sub_world
         if self.draws is not None:  # the draws are over this rank's own samples already
@@ -147,7 +147,7 @@ class DaliShardLoader:
                 for out in self._iter:
                     batch = out[0]
                     result = {"images": batch["images"]}
-                    if "meta" in batch and self.stage == "lit":
+                    if "meta" in batch and self.shards.batches.captions:
                         result.update(self.shards.captions(decode_metas(batch["meta"].cpu().numpy())))
                     elif "meta" in batch:
                         targets, missing = self.shards.targets(decode_metas(batch["meta"].cpu().numpy()))

@@ -15,7 +15,8 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .common import WorkerStridedBatches
+from .common import WorkerStridedBatches, batch_spec
+from .config import DataConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -135,16 +136,14 @@ class ImageFolderTrainLoader:
 
     def __init__(self, root: str, *, stage: str, img_size: int, micro_batch: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, num_workers: int = 0):
-        from .common import CROP_SCALE
-
-        if stage != "finetune":
+        if batch_spec(stage).labels != "classes":
             raise ValueError(f"an ImageFolder gives labels, not hashtags: data.source=folder is for "
                              f"train.stage=finetune (got {stage!r}); convert it for WSP / MAE with "
                              f"`mawstron data from-folder`")
         self.classes, all_samples = scan_image_folder(root)
         self.samples = all_samples[rank::world_size]
         self.num_classes = len(self.classes)
-        self.scale = CROP_SCALE[stage]
+        self.scale = batch_spec(stage).crop_scale
         self.img_size, self.micro_batch, self.seed, self.rank = img_size, micro_batch, seed, rank
         self.num_workers = num_workers
         self.batches_served = 0
@@ -215,7 +214,6 @@ def image_loader(path: str, *, img_size: int, batch_size: int):
     if os.path.isdir(path) and list_images(path):
         return ImageListLoader(list_images(path), img_size=img_size, batch_size=batch_size)
     if not os.path.isdir(path) and (path.endswith(".tar") or "*" in path or "{" in path or "," in path):
-        from . import DataConfig
         from .eval_loader import EvalLoader
 
         loader = EvalLoader(DataConfig(), img_size=img_size, batch_size=batch_size, shards=path)

@@ -107,7 +107,7 @@ class _BatchStream(WorkerStridedBatches):
         targets, missing = self.shards.targets(metas)
         if targets is not None:
             batch["targets"] = targets
-        if self.shards.stage == "lit":
+        if self.shards.batches.captions:
             batch.update(self.shards.captions(metas))
         batch["_no_tag"] = missing
         batch["_skips"] = dict(skips)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mawstron.cli.main import main as mawstron
-from mawstron.parallel import checkpoint as ckpt
-from mawstron.parallel import universal
-from mawstron.parallel.trust import TRUST_ENV, UntrustedCheckpoint
+from mawstron.parallel.checkpoints import store as ckpt
+from mawstron.parallel.checkpoints import universal
+from mawstron.parallel.checkpoints.trust import TRUST_ENV, UntrustedCheckpoint
 
 
 class _Payload:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from mawstron.parallel import checkpoint as ckpt
-from mawstron.parallel import universal
+from mawstron.parallel.checkpoints import store as ckpt
+from mawstron.parallel.checkpoints import universal
 
 
 def fake_save(ckpt_dir, step):
@@ -22,7 +22,7 @@ def fake_save(ckpt_dir, step):
 # ------------------------------------------------------------------------------------------- torn metrics
 def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path, capsys):
     """metrics.jsonl cut mid-line by a crash or full disk: the partial line is dropped with a warning on resume."""
-    from mawstron.parallel.metrics import MetricsWriter
+    from mawstron.parallel.training.metrics import MetricsWriter
 
     run_dir = str(tmp_path)
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
@@ -115,7 +115,7 @@ def test_the_groups_sigterm_does_not_kill_dataloader_workers_before_the_save(tmp
     """SIGTERM to the whole process group (SLURM): DataLoader workers live on, the rank saves and exits 75."""
     import signal
 
-    from mawstron.parallel.status import read_status
+    from mawstron.parallel.training.status import read_status
 
     run_dir = str(tmp_path / "run")
     proc = _start(run_dir, shards)
@@ -149,7 +149,7 @@ def test_the_groups_sigterm_does_not_kill_dataloader_workers_before_the_save(tmp
 def test_overwrite_removes_the_old_runs_tokenizer(tmp_path):
     """--overwrite removes the earlier LiT run's tokenizer.json, which LiT would otherwise silently reuse."""
     from mawstron.parallel.config import RunConfig, apply_overrides
-    from mawstron.parallel.preflight import clear_old_checkpoints
+    from mawstron.parallel.launcher.preflight import clear_old_checkpoints
 
     cfg = apply_overrides(RunConfig(name="t"), [], [f"output_dir={tmp_path}"])
     fake_save(cfg.checkpoint_dir, 4)
