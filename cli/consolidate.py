@@ -20,6 +20,9 @@ def add_parser(subparsers):
     p.add_argument("--keep-head", action="store_true", help="keep the classification head (WSP / fine-tuned runs)")
     p.add_argument("--verbose", dest="verbose_here", action="store_true",
                    help="show DeepSpeed INFO lines and third-party warnings")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint folder whose files need more than tensors (unpickling runs code from "
+                        "the files: only for folders whose source you trust; README: Security)")
     p.set_defaults(func=run)
 
 

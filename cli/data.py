@@ -185,6 +185,9 @@ def run_from_folder(args) -> int:
     except ValueError as e:
         print(f"mawstron data from-folder: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # unreadable source, full disk: the old shards of the split are untouched
+        print(f"mawstron data from-folder: {e}; nothing in {args.out} was replaced", file=sys.stderr)
+        return 1
     skipped = f", skipped {entry['skipped']}" if entry["skipped"] else ""
     print(f"wrote {entry['usable']} of {entry['images']} images ({entry['layout']}) in {len(entry['shards'])} "
           f"shards to {args.out}/{args.split}-*.tar{skipped} in {time.perf_counter() - start:.1f} s")

@@ -52,6 +52,9 @@ def add_parser(subparsers):
     p.add_argument("--probe-batch-size", type=int, default=16384, help="--probe sgd: batch size (MAE: 16384)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass on each rank")
     add_rank_args(p)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint folder whose files need more than tensors (unpickling runs code from "
+                        "the files: only for folders whose source you trust; README: Security)")
     p.set_defaults(func=run)
 
 

@@ -29,6 +29,9 @@ def add_parser(subparsers):
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass on each rank")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     add_rank_args(p)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint folder whose files need more than tensors (unpickling runs code from "
+                        "the files: only for folders whose source you trust; README: Security)")
     p.set_defaults(func=run)
 
 

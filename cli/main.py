@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     verbose = args.verbose or getattr(args, "verbose_here", False) or "--verbose" in unknown
     quiet_third_party(verbose or None)
+    if getattr(args, "trust_checkpoint", False):
+        from mawstron.parallel.checkpoints.trust import trust_checkpoints
+
+        trust_checkpoints()
     if not getattr(args, "pass_unknown", False) and unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

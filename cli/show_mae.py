@@ -24,6 +24,9 @@ def add_parser(subparsers):
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the MAE runs (auto: the GPU when there is one)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint folder whose files need more than tensors (unpickling runs code from "
+                        "the files: only for folders whose source you trust; README: Security)")
     p.set_defaults(func=run)
 
 

@@ -9,10 +9,18 @@ Sources (read from the publishers' own repositories in November 2026):
   hex digits of each file's **md5**; and ``mae_visualize_vit_large.pth`` (encoder + decoder, trained on raw
   pixels) from its visualisation demo, without a checksum.
 
-What is checked: the byte count the server announces; the published md5 prefix where there is one; and, since
-nobody publishes a sha256, the sha256 of the first complete download is recorded beside the file
-(``<file>.sha256``) and every later use verifies the cached file against it, so a truncated or altered cache is
-caught (a file that was wrong at its first download is not: we have no published digest to compare with).
+What is checked: the byte count the server announces; the published md5 prefix where there is one (at download and
+on every use of a cached file); and, since nobody publishes a sha256, the sha256 of the first complete download is
+recorded beside the file (``<file>.sha256``, written atomically before the file itself appears) and every later
+use verifies the cached file against it, so a truncated or altered cache is caught (a file that was wrong at its
+first download is not: we have no published digest to compare with).
+
+Shared caches: every process that wants a release (each rank calling ``create_vit(pretrained=...)``) takes an
+exclusive lock on ``<file>.lock``; one downloads, the others wait and then find the verified file.  A download
+refuses a redirect from https to http, stops at an overall deadline (``MAWSTRON_DOWNLOAD_DEADLINE_S``, default
+6 h; the per-read timeout catches a stalled server, the deadline a trickling one), and at a size limit: never past
+the announced size, and never beyond ``MAWSTRON_DOWNLOAD_MAX_GIB`` (default 64 GiB; the largest release, 6.5B
+parameters in fp32, is 26 GB).
 
 The cache is ``$MAWSTRON_CACHE`` if set, else ``$XDG_CACHE_HOME/mawstron`` or ``~/.cache/mawstron``.  Offline, a
 download fails with one line naming the URL and where to put the file by hand.
@@ -20,9 +28,13 @@ download fails with one line naming the URL and where to put the file by hand.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -32,6 +44,27 @@ MAE_URL = "https://dl.fbaipublicfiles.com/mae"
 
 class WeightsDownloadError(RuntimeError):
     """A release could not be downloaded or failed its check; the message is one line with the fix."""
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        raise WeightsDownloadError(f"{name}={os.environ[name]!r} is not a number; unset it or give seconds/GiB") from None
+
+
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, except from https to http (the bytes would travel unauthenticated)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
+        if old == "https" and new != "https":
+            raise WeightsDownloadError(f"{req.full_url} redirects to {newurl}, from https to {new}: refused (the "
+                                       f"download would not be authenticated); download it yourself if you trust it")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngrade)
 
 
 @dataclass(frozen=True)
@@ -95,24 +128,48 @@ def file_digests(path: str) -> tuple[str, str]:
 
 
 def download(url: str, dest: str, *, sha256: str = "", md5_prefix: str = "", timeout_s: float = 60.0,
-             progress=None) -> str:
+             progress=None, deadline_s: float | None = None, max_bytes: int | None = None,
+             record: str | None = None) -> str:
     """``url`` to ``dest`` (through ``dest.part``, renamed only once complete and checked); returns the file's
-    sha256.  Raises WeightsDownloadError (one line) when offline, on an HTTP error, a short read or a checksum
-    mismatch; nothing is left at ``dest`` then."""
+    sha256.  ``record``: a path where ``"<sha256>  <name>  <url>"`` is written atomically *before* ``dest``
+    appears.  Raises WeightsDownloadError (one line) when offline, on an HTTP error, an https->http redirect, a
+    short or overlong read, past ``deadline_s`` or ``max_bytes``, or on a checksum mismatch; nothing is left at
+    ``dest`` then.  Callers that share a cache hold ``cache_lock(dest)`` (``get_weights`` does)."""
+    deadline_s = _env_float("MAWSTRON_DOWNLOAD_DEADLINE_S", 6 * 3600) if deadline_s is None else deadline_s
+    max_bytes = int(_env_float("MAWSTRON_DOWNLOAD_MAX_GIB", 64) * 2**30) if max_bytes is None else max_bytes
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
+    started = time.monotonic()
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "mawstron"}),
-                                    timeout=timeout_s) as response, open(part, "wb") as out:
+        with _OPENER.open(urllib.request.Request(url, headers={"User-Agent": "mawstron"}),
+                          timeout=timeout_s) as response, open(part, "wb") as out:
             expected = int(response.headers.get("Content-Length") or -1)
+            if expected > max_bytes:
+                raise WeightsDownloadError(f"{url} announces {expected} bytes, more than the limit of {max_bytes} "
+                                           f"(MAWSTRON_DOWNLOAD_MAX_GIB); raise it if the release is that large")
+            limit = expected if expected >= 0 else max_bytes
             done = 0
-            for chunk in iter(lambda: response.read(1 << 20), b""):
+            read = getattr(response, "read1", response.read)  # what has arrived: the deadline is checked often
+            while chunk := read(min(1 << 20, limit + 1 - done)):
                 out.write(chunk)
                 done += len(chunk)
+                if done > limit:
+                    raise WeightsDownloadError(
+                        f"{url} sent more than {'the announced' if expected >= 0 else 'the limit of'} {limit} bytes; "
+                        f"stopped (raise MAWSTRON_DOWNLOAD_MAX_GIB if the release is that large)")
+                if time.monotonic() - started > deadline_s:
+                    raise WeightsDownloadError(
+                        f"download of {url} took longer than {deadline_s:g} s ({done} bytes so far); stopped: try "
+                        f"again on a faster network, or raise MAWSTRON_DOWNLOAD_DEADLINE_S")
                 if progress:
                     progress(done, expected)
+            out.flush()
+            os.fsync(out.fileno())
         if expected >= 0 and done != expected:
             raise WeightsDownloadError(f"download of {url} stopped at {done} of {expected} bytes; run it again")
+    except WeightsDownloadError:
+        _remove(part)
+        raise
     except urllib.error.HTTPError as e:
         _remove(part)
         raise WeightsDownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}; the release may have moved "
@@ -120,6 +177,8 @@ def download(url: str, dest: str, *, sha256: str = "", md5_prefix: str = "", tim
     except (urllib.error.URLError, OSError) as e:
         _remove(part)
         reason = getattr(e, "reason", None) or e
+        if isinstance(reason, WeightsDownloadError):  # raised by the redirect handler, wrapped by urllib
+            raise reason from None
         raise WeightsDownloadError(
             f"cannot download {url} ({reason}); check the network, or download it elsewhere and put it at {dest}"
         ) from None
@@ -135,8 +194,50 @@ def download(url: str, dest: str, *, sha256: str = "", md5_prefix: str = "", tim
     if problem:
         _remove(part)
         raise WeightsDownloadError(f"{url}: {problem}; the download is corrupt or the release changed")
+    if record:
+        _write_record(record, actual_sha, dest, url)
     os.replace(part, dest)
     return actual_sha
+
+
+def _write_record(record: str, sha: str, dest: str, url: str) -> None:
+    tmp = f"{record}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{sha}  {os.path.basename(dest)}  {url}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, record)
+
+
+def _read_record(record: str) -> str:
+    """The sha256 a record holds; "" for a missing, empty or garbled one (then the file is checked otherwise)."""
+    try:
+        with open(record) as f:
+            fields = f.read().split()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+    sha = fields[0].lower() if fields else ""
+    return sha if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha) else ""
+
+
+@contextlib.contextmanager
+def cache_lock(path: str):
+    """An exclusive lock on ``<path>.lock`` (``flock``: released if the holder dies): one process downloads a
+    release while the others sharing the cache wait."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        f = open(path + ".lock", "a")
+    except OSError:
+        if not os.path.isfile(path):
+            raise
+        yield  # a read-only cache filled beforehand: nobody downloads into it, there is nothing to wait for
+        return
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _remove(path: str) -> None:
@@ -159,23 +260,37 @@ def cached_path(name: str, releases: dict[str, Release] | None = None) -> str:
 
 
 def get_weights(name: str, releases: dict[str, Release] | None = None, progress=None) -> str:
-    """Path of release ``name`` in the cache, downloading it first if needed; a cached file is verified against
-    the sha256 recorded at its download (and the published one, if any)."""
+    """Path of release ``name`` in the cache, downloading it first if needed (one process at a time: the others
+    wait on the cache lock); a cached file is verified against the published digest (sha256 or md5 prefix) and the
+    sha256 recorded at its download."""
     r = release(name, releases)
     path = cached_path(name, releases)
     record = path + ".sha256"
-    if os.path.isfile(path):
-        recorded = r.sha256 or (open(record).read().split()[0] if os.path.isfile(record) else "")
-        if recorded:
-            actual, _ = file_digests(path)
-            if actual != recorded:
-                raise WeightsDownloadError(f"cached {path} has sha256 {actual}, not the {recorded} recorded at its "
-                                           f"download; delete it and run `mawstron weights get {name}` again")
-        return path
-    sha = download(r.url, path, sha256=r.sha256, md5_prefix=r.md5_prefix, progress=progress)
-    with open(record, "w") as f:
-        f.write(f"{sha}  {os.path.basename(path)}  {r.url}\n")
+    with cache_lock(path):
+        if os.path.isfile(path):
+            _verify_cached(name, r, path, record)
+            return path
+        download(r.url, path, sha256=r.sha256, md5_prefix=r.md5_prefix, progress=progress, record=record)
     return path
+
+
+def _verify_cached(name: str, r: Release, path: str, record: str) -> None:
+    recorded = r.sha256.lower() or _read_record(record)
+    if not recorded and not r.md5_prefix:
+        return  # nothing published, nothing recorded (a file put there by hand): nothing to compare with
+    actual, md5 = file_digests(path)
+    fix = f"delete it and run `mawstron weights get {name}` again"
+    if recorded and actual != recorded:
+        raise WeightsDownloadError(f"cached {path} has sha256 {actual}, not the {recorded} "
+                                   f"{'published' if r.sha256 else 'recorded at its download'}; {fix}")
+    if r.md5_prefix and not md5.startswith(r.md5_prefix.lower()):
+        raise WeightsDownloadError(f"cached {path} has md5 {md5}, which does not start with the published "
+                                   f"{r.md5_prefix}; {fix}")
+    if not _read_record(record):
+        try:
+            _write_record(record, actual, path, r.url)  # verified against the published prefix: record it
+        except OSError:
+            pass  # a read-only cache: checked again next time
 
 
 def clear_partial(name: str) -> None:
@@ -183,5 +298,5 @@ def clear_partial(name: str) -> None:
     _remove(cached_path(name) + ".part")
 
 
-__all__ = ["RELEASES", "Release", "WeightsDownloadError", "cache_dir", "cached_path", "clear_partial",
+__all__ = ["RELEASES", "Release", "WeightsDownloadError", "cache_dir", "cache_lock", "cached_path", "clear_partial",
            "download", "file_digests", "get_weights", "release"]

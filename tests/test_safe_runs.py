@@ -122,15 +122,14 @@ def test_recipe_defaults_name_what_make_demo_writes():
 
 def test_data_synth_refuses_a_non_empty_folder_and_overwrite_clears_its_old_shards(tmp_path, capsys):
     out = str(tmp_path / "data")
-    os.makedirs(out)
-    for name in ("train-000009.tar", "train-000009.tar.idx", "mine.txt"):
-        open(os.path.join(out, name), "w").close()
     args = ["data", "synth", "--out", out, "--images", "20", "--size", "16", "--eval-images", "4", "--shard-size", "10"]
+    assert main(args[:5] + ["30"] + args[6:]) == 0  # three train shards
+    open(os.path.join(out, "mine.txt"), "w").close()
     assert main(args) == 2
-    assert "--overwrite" in capsys.readouterr().err and os.path.exists(os.path.join(out, "train-000009.tar"))
+    assert "--overwrite" in capsys.readouterr().err and os.path.exists(os.path.join(out, "train-000002.tar"))
     assert main(args + ["--overwrite"]) == 0
     names = sorted(os.listdir(out))
-    assert "train-000009.tar" not in names and "train-000009.tar.idx" not in names and "mine.txt" in names
+    assert "train-000002.tar" not in names and "mine.txt" in names
     assert [n for n in names if n.startswith("train-")] == ["train-000000.tar", "train-000001.tar"]
 
 

@@ -88,8 +88,31 @@ class RankShards:
             self.num_classes = len(self.vocab)
         elif self.batches.labels == "classes":
             self.num_classes = read_num_classes(self.all_shards)
+            self.check_labels()
         else:
             self.num_classes = None
+
+    def check_labels(self) -> None:
+        """Fine-tuning: every sample of this rank has an integer json ``label`` below ``num_classes``, checked when
+        the rank starts (one read of each sample's small metadata member) rather than when a batch meets it
+        mid-training.  ValueError naming the shard, the sample, the label and the fix."""
+        bad, first = 0, None
+        for path, s in self.samples:
+            with open(path, "rb") as f:
+                f.seek(s.meta[0])
+                try:
+                    label = parse_meta(f.read(s.meta[1]), s.meta_ext).get("label")
+                except Exception:  # noqa: BLE001 - unreadable metadata is this sample's bad label
+                    label = "unreadable"
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < self.num_classes:
+                bad += 1
+                first = first or (path, s.key, label)
+        if bad:
+            path, key, label = first
+            raise ValueError(f"{path}: sample {key!r} has label {label!r}, outside 0..{self.num_classes - 1} "
+                             f"(num_classes from the shards' manifest.json or their largest label), and "
+                             f"{bad - 1} more samples of rank {self.rank} are out of range; fix the labels or "
+                             f"manifest.json's num_classes")
 
     def load_indexes(self, *, validate: bool, force: bool = False) -> int:
         """(Re)build this rank's indexes; returns the number of usable samples."""

@@ -13,6 +13,11 @@ JPEG.  Keys are sequential (``000000042``) and each sample's json records its so
 indexed (validated with PIL: a file that does not decode is left out and counted).  ``manifest.json`` in the
 output records each split; converting a second split of an ImageFolder (``--split val``) into the same folder
 reuses the first split's class numbering, so train and val labels agree.
+
+An image that does not open (corrupt, or not an image at all) is skipped and counted (``unreadable_source``), as is
+a file reached through a symbolic link that leaves the source tree (``outside_source``: never followed).  With
+``--overwrite`` the new shards are written into a private temporary folder inside ``--out`` first and swapped in
+only once all of them are written, so a failure midway leaves the old shards as they were.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import glob
 import io
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 
 from .image_folder import IMAGE_SUFFIXES, is_image_folder, list_images, scan_image_folder
 from .jobs import run_tasks
@@ -31,17 +38,28 @@ from .synth import _add as add_member
 MANIFEST = "manifest.json"
 
 
-def _jpeg_bytes(path: str) -> bytes:
+def _jpeg_bytes(path: str) -> bytes | None:
+    """The image as JPEG bytes; None when it does not open (the caller skips and counts it).  A JPEG is copied
+    as it is: the index's validation decodes it and leaves it out if it is broken."""
     with open(path, "rb") as f:
         data = f.read()
     if path.lower().endswith((".jpg", ".jpeg")):
         return data
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, format="JPEG", quality=95)
+            return buf.getvalue()
+    except Exception:  # noqa: BLE001 - UnidentifiedImageError, truncated files, decoder errors: this image's fault
+        return None
+
+
+def _inside(root: str, path: str) -> bool:
+    """Whether ``path`` resolves (links followed) inside ``root``."""
+    real_root = os.path.realpath(root)
+    return os.path.realpath(path).startswith(real_root + os.sep)
 
 
 def _sidecar_meta(image_path: str) -> dict:
@@ -85,15 +103,25 @@ def _samples(src: str, manifest: dict) -> tuple[list[tuple[str, dict]], dict]:
 
 
 def _write_folder_shard(job: tuple) -> dict:
-    """One output shard (the per-shard task on the engine): its samples as ``(image path, metadata, key)``,
-    written to ``path`` (through ``path.tmp``), then indexed."""
-    path, src, items, validate = job
-    with open(path + ".tmp", "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    """One output shard (the per-shard task on the engine): its samples as ``(image path, metadata, key)``, written
+    to ``path`` in the staging folder; images that do not open are skipped and counted (``unreadable_source``)."""
+    path, src, items = job
+    unreadable = 0
+    with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for image_path, meta, key in items:
+            data = _jpeg_bytes(image_path)
+            if data is None:
+                unreadable += 1
+                continue
             record = {"key": key, "source": os.path.relpath(image_path, src), **meta}
-            add_member(tar, f"{key}.jpg", _jpeg_bytes(image_path))
+            add_member(tar, f"{key}.jpg", data)
             add_member(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode())
-    os.replace(path + ".tmp", path)
+    return {"skipped": {"unreadable_source": unreadable} if unreadable else {}}
+
+
+def _index_folder_shard(job: tuple) -> dict:
+    """The index of one written shard (decoding each image when ``validate``): its usable samples and skips."""
+    path, validate = job
     ix = build_index(path, validate=validate, force=True)
     return {"samples": len(ix.samples), "skipped": dict(ix.skipped)}
 
@@ -115,24 +143,35 @@ def convert_folder(src: str, out: str, *, split: str = "train", shard_size: int 
         with open(manifest_path) as f:
             manifest = json.load(f)
     samples, layout = _samples(src, manifest)
+    skipped: dict[str, int] = {}
+    inside = [(p, m) for p, m in samples if _inside(src, p)]
+    if len(inside) < len(samples):
+        skipped["outside_source"] = len(samples) - len(inside)
+    samples = inside
     os.makedirs(out, exist_ok=True)
-    for path in old:
-        for stale in (path, path + ".idx", path + ".idx.json"):
-            if os.path.exists(stale):
-                os.remove(stale)
     shards, jobs = [], []
     for k, start in enumerate(range(0, len(samples), shard_size)):
         name = f"{split}-{k:06d}.tar"
         items = [(*samples[i], f"{i:09d}") for i in range(start, min(start + shard_size, len(samples)))]
-        jobs.append((os.path.join(out, name), src, items, validate))
         shards.append(name)
-    usable, skipped = 0, {}
-    for result in run_tasks(_write_folder_shard, jobs, engine=engine, workers=workers, ray_address=ray_address,
-                            what="from-folder"):
+        jobs.append((name, src, items))
+    staging = tempfile.mkdtemp(prefix=f".{split}-new-", dir=out)  # private, same file system: renames are cheap
+    try:
+        for result in run_tasks(_write_folder_shard, [(os.path.join(staging, n), src, items) for n, src, items in jobs],
+                                engine=engine, workers=workers, ray_address=ray_address, what="from-folder"):
+            for reason, n in result["skipped"].items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        _swap_in(staging, out, old, shards)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    usable = 0
+    for result in run_tasks(_index_folder_shard, [(os.path.join(out, name), validate) for name in shards],
+                            engine=engine, workers=workers, ray_address=ray_address, what="from-folder index"):
         usable += result["samples"]
         for reason, n in result["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + n
-    entry = {"source": os.path.abspath(src), "images": len(samples), "usable": usable, "skipped": skipped,
+    entry = {"source": os.path.abspath(src), "images": len(samples) + skipped.get("outside_source", 0),
+             "usable": usable, "skipped": skipped,
              "shards": shards, **{k: v for k, v in layout.items() if k not in ("classes", "num_classes")}}
     manifest.setdefault("format", "webdataset (KEY.jpg + KEY.json), written by `mawstron data from-folder`")
     manifest.setdefault("splits", {})[split] = entry
@@ -143,3 +182,13 @@ def convert_folder(src: str, out: str, *, split: str = "train", shard_size: int 
         json.dump(manifest, f, indent=1)
     os.replace(tmp, manifest_path)
     return entry
+
+
+def _swap_in(staging: str, out: str, old: list[str], shards: list[str]) -> None:
+    """Replace the old shards of the split (and their index files) by the complete new ones."""
+    for path in old:
+        for stale in (path, path + ".idx", path + ".idx.json"):
+            if os.path.exists(stale):
+                os.remove(stale)
+    for name in shards:
+        os.replace(os.path.join(staging, name), os.path.join(out, name))

@@ -321,14 +321,39 @@ def _write_shard(args) -> tuple[str, int]:
     return path, stop - start
 
 
-def clear_old_collection(out: str) -> None:
-    """Remove what an earlier ``synthesize`` wrote in ``out`` (shards, their DALI index files, manifest,
-    synonyms, vocabulary), so that ``train-*.tar`` never matches a stale shard; other files stay."""
-    names = ("manifest.json", "synonyms.json", "vocab.json")
-    for name in os.listdir(out):
-        split = name.split("-0")[0]
-        if name in names or (split in SPLITS and ".tar" in name):
-            os.remove(os.path.join(out, name))
+def clear_old_collection(out: str) -> list[str]:
+    """Remove what an earlier ``synthesize`` wrote in ``out`` and its ``manifest.json`` lists (shards and their
+    DALI index files, the synonyms file, the manifest itself); nothing else is touched.  A shard-like file that
+    the manifest does not list (``train-000009.tar`` from another tool) would be read with the new collection, so
+    it is refused: ValueError naming it.  Returns the names removed."""
+    manifest_path = os.path.join(out, "manifest.json")
+    listed: set[str] = set()
+    if os.path.isfile(manifest_path):
+        try:
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+        except ValueError:
+            manifest = {}
+        if isinstance(manifest, dict) and manifest.get("generator") == "mawstron data synth":
+            for names in (manifest.get("shards") or {}).values():
+                listed.update(n for n in names if isinstance(n, str) and os.path.basename(n) == n)
+            if isinstance(manifest.get("synonyms"), str) and os.path.basename(manifest["synonyms"]) == manifest["synonyms"]:
+                listed.add(manifest["synonyms"])
+            listed.add("manifest.json")
+    shard_like = [n for n in os.listdir(out) if n.split("-0")[0] in SPLITS and ".tar" in n]
+    foreign = sorted(n for n in shard_like if n.split(".tar")[0] + ".tar" not in listed)
+    if foreign:
+        raise ValueError(f"--overwrite: {out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                         f"which no `mawstron data synth` manifest there lists; move them away yourself, or choose "
+                         f"an empty folder")
+    removed = []
+    for name in sorted(os.listdir(out)):
+        if name in listed or (name.split(".tar")[0] + ".tar" in listed and ".tar." in name):
+            path = os.path.join(out, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+                removed.append(name)
+    return removed
 
 
 def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_images: int = 500,

@@ -15,7 +15,11 @@ Layout of ``<checkpoint_dir>``::
         universal/                (only after a resume on another world size) DeepSpeed's universal
                                   conversion of this checkpoint, cached
 
-A crash during a save leaves a directory without ``COMPLETE`` and ``latest`` still naming the previous one.  A
+A crash during a save leaves a directory without ``COMPLETE`` and ``latest`` still naming the previous one; the
+next complete save removes such torn folders.  Every rank fsyncs its shards before the manifest is written, and
+rank 0 fsyncs the step folder before ``COMPLETE``, ``latest`` and the pruning of older checkpoints, so a power
+loss cannot leave ``latest`` naming files that never reached the disk.  A ``step_*`` entry that is a symbolic link
+is not this run's: it is never loaded, counted or deleted through.  A
 complete checkpoint damaged later (truncated copy, bad disk, full quota) fails its manifest: resume and
 consolidation name the file and fall back to the newest checkpoint that verifies.
 """
@@ -34,6 +38,8 @@ import zlib
 import numpy as np
 import torch
 
+from .trust import UntrustedCheckpoint, restricted_loads
+
 LATEST = "latest"
 COMPLETE = "COMPLETE"
 RUN_CONFIG = "run_config.json"
@@ -49,7 +55,17 @@ def tag_for_step(step: int) -> str:
 
 
 def is_complete(ckpt_dir: str, tag: str) -> bool:
-    return os.path.isfile(os.path.join(ckpt_dir, tag, COMPLETE))
+    folder = os.path.join(ckpt_dir, tag)
+    return not os.path.islink(folder) and os.path.isfile(os.path.join(folder, COMPLETE))
+
+
+def fsync_path(path: str) -> None:
+    """Flush a file's or a folder's entries to the disk (a folder: the names created or renamed in it)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def complete_tags(ckpt_dir: str) -> list[str]:
@@ -67,6 +83,7 @@ def write_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_path(os.path.dirname(os.path.abspath(path)))  # the rename itself reaches the disk
 
 
 def file_digest(path: str) -> dict:
@@ -79,9 +96,10 @@ def file_digest(path: str) -> dict:
     return {"size": size, "crc32": f"{crc:08x}"}
 
 
-def rank_file_digests(ckpt_dir: str, tag: str, rank: int) -> dict[str, dict]:
+def rank_file_digests(ckpt_dir: str, tag: str, rank: int, sync: bool = True) -> dict[str, dict]:
     """Digests of the files DeepSpeed wrote for data-parallel ``rank`` (``*zero_pp_rank_<rank>_*``); rank 0 also
-    covers the files of no rank (``mp_rank_00_model_states.pt`` below ZeRO-3)."""
+    covers the files of no rank (``mp_rank_00_model_states.pt`` below ZeRO-3).  ``sync``: each file is fsynced
+    first (DeepSpeed's ``torch.save`` does not), so the manifest only describes bytes that are on the disk."""
     folder = os.path.join(ckpt_dir, tag)
     out = {}
     for name in sorted(os.listdir(folder)):
@@ -90,6 +108,8 @@ def rank_file_digests(ckpt_dir: str, tag: str, rank: int) -> dict[str, dict]:
             continue
         owner = _RANK_FILE.search(name)
         if (int(owner.group(1) or owner.group(2)) if owner else 0) == rank:
+            if sync:
+                fsync_path(path)
             out[name] = file_digest(path)
     return out
 
@@ -154,27 +174,50 @@ def newest_verified_tag(ckpt_dir: str, problems_of=None, say=print) -> str:
 
 
 def finalize(ckpt_dir: str, tag: str, step: int, run_config: dict, keep_last: int, world_size: int,
-             digests: dict[str, dict] | None = None) -> None:
-    """Rank 0, after a barrier that follows every rank's save: write the manifest (``digests`` from every rank
-    plus the run config), mark ``tag`` complete, point ``latest`` at it, prune the oldest complete checkpoints
-    beyond ``keep_last``."""
-    with open(os.path.join(ckpt_dir, tag, RUN_CONFIG), "w") as f:
-        json.dump(run_config, f, indent=1)
+             digests: dict[str, dict] | None = None, say=print) -> None:
+    """Rank 0, after a barrier that follows every rank's (fsynced) save: write the manifest (``digests`` from
+    every rank plus the run config), fsync the step folder, mark ``tag`` complete, point ``latest`` at it, then
+    prune the oldest complete checkpoints beyond ``keep_last`` and the torn folders of failed earlier saves."""
+    folder = os.path.join(ckpt_dir, tag)
+    write_atomic(os.path.join(folder, RUN_CONFIG), json.dumps(run_config, indent=1))
     if digests is not None:
-        files = {**digests, RUN_CONFIG: file_digest(os.path.join(ckpt_dir, tag, RUN_CONFIG))}
+        files = {**digests, RUN_CONFIG: file_digest(os.path.join(folder, RUN_CONFIG))}
         manifest = {"step": step, "world_size": world_size, "checksum": "crc32", "files": dict(sorted(files.items()))}
-        write_atomic(os.path.join(ckpt_dir, tag, MANIFEST), json.dumps(manifest, indent=1))
+        write_atomic(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1))
+    fsync_path(folder)  # every shard's name is on the disk before anything says the checkpoint is complete
     marker = {"step": step, "world_size": world_size, "time": time.time()}
-    write_atomic(os.path.join(ckpt_dir, tag, COMPLETE), json.dumps(marker))
-    write_atomic(os.path.join(ckpt_dir, LATEST), tag)
+    write_atomic(os.path.join(folder, COMPLETE), json.dumps(marker))
+    write_atomic(os.path.join(ckpt_dir, LATEST), tag)  # fsyncs ckpt_dir: `latest` is durable before any pruning
     for old in complete_tags(ckpt_dir)[:-keep_last]:
         if old != tag:
-            shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
+            _remove_tag_folder(ckpt_dir, old, say)
+    for torn in torn_tags(ckpt_dir, before=tag):
+        say(f"[mawstron] removing {os.path.join(ckpt_dir, torn)}: a save that never completed (crash or full disk)")
+        _remove_tag_folder(ckpt_dir, torn, say)
+
+
+def torn_tags(ckpt_dir: str, before: str) -> list[str]:
+    """``step_*`` folders older than ``before`` without ``COMPLETE`` (not links): saves that failed."""
+    return sorted(t for t in os.listdir(ckpt_dir) if _TAG.match(t) and t < before
+                  and not os.path.islink(os.path.join(ckpt_dir, t)) and os.path.isdir(os.path.join(ckpt_dir, t))
+                  and not os.path.isfile(os.path.join(ckpt_dir, t, COMPLETE)))
+
+
+def _remove_tag_folder(ckpt_dir: str, tag: str, say=print) -> None:
+    """Delete a checkpoint folder of this run; a symbolic link is left alone (its target is not ours)."""
+    path = os.path.join(ckpt_dir, tag)
+    if os.path.islink(path):
+        say(f"[mawstron] not deleting {path}: it is a symbolic link (to {os.readlink(path)}); remove it yourself")
+        return
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def discard(ckpt_dir: str, tag: str) -> None:
     """Remove checkpoint ``tag``; ``latest`` is re-pointed at the newest other complete checkpoint first (or
-    removed), so it never names a folder being deleted."""
+    removed), so it never names a folder being deleted.  A symbolic link is refused (ValueError)."""
+    if os.path.islink(os.path.join(ckpt_dir, tag)):
+        raise ValueError(f"{os.path.join(ckpt_dir, tag)} is a symbolic link, not a checkpoint of this run; remove "
+                         f"the link (or move it away) and run again")
     others = [t for t in complete_tags(ckpt_dir) if t != tag]
     latest = os.path.join(ckpt_dir, LATEST)
     if others:
@@ -201,14 +244,25 @@ def resolve_tag(ckpt_dir: str, tag: str | None = None) -> str:
             )
         with open(latest) as f:
             tag = f.read().strip()
+        _refuse_link(ckpt_dir, tag)
         if not is_complete(ckpt_dir, tag):
             done = complete_tags(ckpt_dir)
             if not done:
                 raise FileNotFoundError(f"{ckpt_dir}: 'latest' names {tag!r}, which is incomplete, and no complete checkpoint exists")
             tag = done[-1]
-    elif not is_complete(ckpt_dir, tag):
-        raise FileNotFoundError(f"checkpoint {os.path.join(ckpt_dir, tag)} is missing or incomplete (no {COMPLETE} marker)")
+    else:
+        _refuse_link(ckpt_dir, tag)
+        if not is_complete(ckpt_dir, tag):
+            raise FileNotFoundError(f"checkpoint {os.path.join(ckpt_dir, tag)} is missing or incomplete (no {COMPLETE} "
+                                    f"marker)")
     return tag
+
+
+def _refuse_link(ckpt_dir: str, tag: str) -> None:
+    path = os.path.join(ckpt_dir, tag)
+    if os.path.islink(path):
+        raise FileNotFoundError(f"checkpoint {path} is a symbolic link (to {os.readlink(path)}); mawstron loads and "
+                                f"prunes only its own folders: copy the checkpoint in instead of linking it")
 
 
 def read_marker(ckpt_dir: str, tag: str) -> dict:
@@ -262,12 +316,16 @@ def find_checkpoint_dir(path: str) -> str | None:
 
 def read_zero_checkpoint(ckpt_dir: str, tag: str | None = None) -> dict[str, torch.Tensor]:
     """The full fp32 model state dict of a ZeRO checkpoint, merged from every rank's shards on the CPU (no GPUs,
-    no process group)."""
+    no process group); every file is read with ``weights_only=True`` and DeepSpeed's allow-list unless the user
+    said ``--trust-checkpoint`` (raises ``trust.UntrustedCheckpoint``, one line)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag = resolve_tag(ckpt_dir, tag)
     try:
-        return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=False)
+        with restricted_loads():  # a folder from elsewhere may not run code here (checkpoints/trust.py)
+            return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=False)
+    except UntrustedCheckpoint:
+        raise  # its own one line, naming the global and --trust-checkpoint
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OverflowError, TypeError,
             AttributeError, IndexError) as e:  # shards DeepSpeed cannot merge (damaged, or not its files)
         raise ValueError(f"checkpoint {os.path.join(ckpt_dir, tag)} cannot be merged ({type(e).__name__}: "

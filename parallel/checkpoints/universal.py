@@ -22,11 +22,14 @@ import shutil
 import subprocess
 import sys
 
+from ..subprocesses import run_group
 from .store import UNIVERSAL, write_atomic
 
 CONVERTED = "CONVERTED"  # written last into <tag>/universal/: the cached conversion is whole
 # the settings each group carries by construction (optim.param_groups); DeepSpeed's universal load overwrites them
 GROUP_SETTINGS = ("weight_decay", "lr_scale", "betas", "eps")
+# DeepSpeed's converter, its torch.load calls restricted to DeepSpeed's allow-list (checkpoints/trust.py)
+CONVERTER = ["-m", "mawstron.parallel.checkpoints.trust", "deepspeed.checkpoint.ds_to_universal"]
 
 
 def universal_dir(ckpt_dir: str, tag: str) -> str:
@@ -37,18 +40,25 @@ def is_converted(ckpt_dir: str, tag: str) -> bool:
     return os.path.isfile(os.path.join(universal_dir(ckpt_dir, tag), CONVERTED))
 
 
-def convert(ckpt_dir: str, tag: str, workers: int = 1) -> tuple[str, bool]:
-    """``<tag>/universal`` from DeepSpeed's converter, run once (a subprocess: its worker pools and memory end
-    with it).  Returns (path, whether it was converted now rather than found cached)."""
+def convert(ckpt_dir: str, tag: str, workers: int = 1, timeout_s: float | None = None) -> tuple[str, bool]:
+    """``<tag>/universal`` from DeepSpeed's converter, run once (a subprocess in its own process group: its worker
+    pools and memory end with it, and a timeout ends its workers too).  Returns (path, whether it was converted
+    now rather than found cached).  ``timeout_s``: the trainer passes less than ``parallel.timeout_s``, so that the
+    ranks waiting for the conversion hear why instead of timing out in their barrier."""
     out = universal_dir(ckpt_dir, tag)
     if is_converted(ckpt_dir, tag):
         return out, False
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-           os.path.join(ckpt_dir, tag), "--output_folder", tmp, "--num_extract_workers", str(workers),
-           "--num_merge_workers", str(workers)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, *CONVERTER, "--input_folder", os.path.join(ckpt_dir, tag), "--output_folder", tmp,
+           "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
+    try:
+        proc = run_group(cmd, timeout_s, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"DeepSpeed's universal conversion of {os.path.join(ckpt_dir, tag)} did not finish within "
+                           f"{timeout_s:.0f} s and was stopped with its workers; raise parallel.timeout_s "
+                           f"(the conversion gets 90% of it)") from None
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"DeepSpeed's universal conversion of {os.path.join(ckpt_dir, tag)} failed "

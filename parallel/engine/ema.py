@@ -14,8 +14,12 @@ optimizer's fp32 master partitions are never touched.
 The first ``update()`` starts the average at the current weights (DeiT's ``ModelEma`` starts at the initial
 weights; starting after the first step avoids averaging in a freshly initialised head).  Each rank saves its
 partitions' average as ``ema_rank<r>.pt`` in the checkpoint's folder at the trainer's periodic and final saves
-(parallel/training/periodic_eval.py), and a resumed run continues from it; a checkpoint without it (saved at another
-step) restarts the average from the resumed weights, and says so.
+(parallel/training/periodic_eval.py), and a resumed run continues from the EMA of the checkpoint it actually loaded
+(the one that verified, which is not always the one ``latest`` names); a checkpoint without it restarts the average
+from the resumed weights, and says so.  On another number of ranks (N -> M, beside DeepSpeed's universal load of
+the weights) every new rank reads the N files, puts each parameter's flat average back together and keeps its own
+ZeRO-3 partition of it (``load_resharded``): the layout is DeepSpeed's, ``ceil(numel / world)`` elements per rank,
+zero-padded at the end.
 """
 
 from __future__ import annotations
@@ -78,6 +82,44 @@ class WeightEMA:
         self.updates = int(state["updates"])
         self.shadow = None if state["shadow"] is None else [
             s.to(_local(p).device) for s, (_, p) in zip(state["shadow"], self.named)]
+
+    @torch.no_grad()
+    def load_resharded(self, states: list[dict]) -> None:
+        """Continue from the EMA that a run of ``len(states)`` ranks saved (``states[r]``: its rank ``r``'s
+        ``state_dict()``), on this process group's world size: ZeRO-3 partitions are joined, trimmed of their
+        padding and re-split for this rank; whole parameters (ZeRO 0-2) are taken from rank 0's file."""
+        names = [n for n, _ in self.named]
+        for r, state in enumerate(states):
+            if state["names"] != names:
+                raise ValueError(f"the saved EMA of rank {r} was kept for other parameters; it cannot continue in "
+                                 f"this model")
+        self.updates = int(states[0]["updates"])
+        if any(state["shadow"] is None for state in states):
+            self.shadow = None
+            return
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        shadow = []
+        for i, (name, p) in enumerate(self.named):
+            local = _local(p)
+            full_shape = p.ds_shape if _is_zero3(p) else p.shape
+            numel = full_shape.numel()
+            pieces = [state["shadow"][i] for state in states]
+            if pieces[0].shape == full_shape:  # whole parameters (ZeRO 0-2, or one ZeRO-3 rank of a 1-D one)
+                full = pieces[0].reshape(-1)
+            else:
+                full = torch.cat([x.reshape(-1) for x in pieces])
+                if full.numel() < numel:
+                    raise ValueError(f"the saved EMA of {name} holds {full.numel()} of its {numel} elements; the "
+                                     f"checkpoint's EMA files are incomplete")
+                full = full[:numel]
+            if _is_zero3(p):
+                part = local.numel()
+                full = torch.nn.functional.pad(full.float(), (0, part * world - numel))
+                shadow.append(full[rank * part:(rank + 1) * part].reshape(local.shape).clone().to(local.device))
+            else:
+                shadow.append(full.float().reshape(full_shape).clone().to(local.device))
+        self.shadow = shadow
 
     @contextlib.contextmanager
     @torch.no_grad()

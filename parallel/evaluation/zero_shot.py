@@ -27,6 +27,7 @@ from mawstron.core.text import TOKENIZER_FILE, load_tokenizer
 from ..checkpoints.consolidate import tokenizer_beside
 from ..checkpoints.store import find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 from ..stages import STAGES
+from ..subprocesses import run_group
 from .evaluate import Ranks, check_rank_count, extract_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # parallel/evaluation/ -> the repository
@@ -176,7 +177,11 @@ def lit_zero_shot(encoder: str, data_dir: str, out_dir: str, *, steps: int = 60,
         cmd.append("--overwrite")
     log = os.path.join(out_dir, "lit.log")
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
+        try:  # the launcher and the ranks it starts are one process group: a timeout ends all of them
+            proc = run_group(cmd, timeout_s, stdout=f, stderr=subprocess.STDOUT)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"LiT on {encoder} did not finish within {timeout_s:.0f} s and was stopped with its "
+                               f"ranks, log {log}; give it more time (timeout_s) or fewer steps") from None
     if proc.returncode != 0:
         with open(log) as f:
             raise RuntimeError(f"LiT on {encoder} failed (exit {proc.returncode}), log {log}:\n{f.read()[-3000:]}")

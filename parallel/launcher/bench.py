@@ -155,7 +155,7 @@ def run_benchmark(argv: list[str] | None = None) -> int:
     try:
         records = [trainer.train_step() for _ in range(args.warmup_steps + args.steps)][args.warmup_steps:]
     finally:
-        trainer.loader.close()
+        trainer.close_loader()  # its DataLoader workers hold SIGTERM: end them here (Trainer.close_loader)
     peak = torch.tensor([max(r["peak_mem_gib"] for r in records)], dtype=torch.float64)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     result = summarize(records, trainer, args, cfg, float(peak))
@@ -172,6 +172,10 @@ def run_benchmark(argv: list[str] | None = None) -> int:
               f"{result['images_per_s']:.1f} img/s, {result['tflops_per_device']:.3f} TFLOP/s per device{mfu}, "
               f"peak {result['peak_mem_gib']:.2f} GiB, data wait {result['data_wait_share']:.1%} -> {out}",
               file=sys.stderr, flush=True)  # stdout holds the JSON line alone
+    # leave the process group together: a gloo group left to interpreter exit can abort the rank (rc -6,
+    # "terminate called without an active exception"), as Trainer.run does after a run
+    dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 

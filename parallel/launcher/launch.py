@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 
+from ..checkpoints.trust import trust_checkpoints
 from ..config import ConfigError, RunConfig, apply_overrides, to_dict
 from ..console import quiet_third_party
 from ..planning.plan import format_plan, min_gpus, plan
@@ -41,6 +42,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run folder that holds checkpoints (its old checkpoints are removed)")
     p.add_argument("--verbose", action="store_true", help="show DeepSpeed INFO lines and third-party warnings")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="checkpoint.init_from may need more than tensors (unpickling runs code from the files: only "
+                        "for folders whose source you trust; README: Security)")
     p.add_argument("--dry-run", action="store_true", help="validate, build on the meta device, print the plan")
     p.add_argument("--gpus", type=int, default=0, help="with --dry-run: plan for this many GPUs (default: the minimum)")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0, help="with --dry-run: memory per GPU")
@@ -130,6 +134,8 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
     except ConfigError as e:
         _say_once(f"mawstron: config error: {e}")
         return 2
+    if args.trust_checkpoint:
+        trust_checkpoints()  # this rank, and the processes it starts
     quiet_third_party(args.verbose or None)
     first_rank = os.environ.get("RANK", "0") == "0"
     try:
@@ -149,11 +155,15 @@ def launch(cfg: RunConfig, argv: list[str] | None = None) -> int:
         return 3
     except Preempted as e:
         print(f"mawstron: {e}", file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED
-    if launched_rank:
-        # the run is complete and saved: leave without C++ static destructors, which abort a gloo/shm rank now and
-        # then at interpreter exit ("terminate called without an active exception", rc -6 after 'done')
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+        return _leave(EXIT_PREEMPTED) if launched_rank else EXIT_PREEMPTED
+    return _leave(0) if launched_rank else 0
+
+
+def _leave(code: int) -> int:
+    """A launched rank whose run ended as planned (done, or preempted after its save) leaves without interpreter
+    finalization: the trainer has destroyed its process group, but a gloo/shm rank still aborted now and then at
+    interpreter exit ("terminate called without an active exception", rc -6 after 'done'), when objects that
+    C++ threads still referenced were torn down with the interpreter."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

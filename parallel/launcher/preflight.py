@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 
+from mawstron.core.text import TOKENIZER_FILE
+
 from ..checkpoints import store as ckpt
 from ..checkpoints.store import find_checkpoint_dir
 from ..config import RunConfig
@@ -46,12 +48,17 @@ def check_run_folder(cfg: RunConfig, overwrite: bool) -> None:
 
 
 def clear_old_checkpoints(cfg: RunConfig) -> list[str]:
-    """With ``--overwrite``: remove the earlier run's ``latest`` and ``step_*`` folders (nothing else), so that the
-    new run's checkpoints never mix with them.  Returns what was removed."""
+    """With ``--overwrite``: remove the earlier run's ``latest``, ``step_*`` folders and LiT tokenizer (nothing
+    else), so that the new run's checkpoints never mix with them and LiT trains its own tokenizer instead of
+    silently reusing the old one.  Returns what was removed."""
     removed = existing_checkpoints(cfg.checkpoint_dir)
+    if os.path.isfile(os.path.join(cfg.checkpoint_dir, TOKENIZER_FILE)):
+        removed.append(TOKENIZER_FILE)
     for name in removed:
         path = os.path.join(cfg.checkpoint_dir, name)
-        if os.path.isdir(path):
+        if os.path.islink(path):  # never delete through a link into somebody else's folder
+            os.remove(path)
+        elif os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.exists(path):
             os.remove(path)

@@ -63,13 +63,35 @@ class MetricsWriter:
             self.tb = None
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop records past the checkpoint: the resumed run writes those steps again."""
+        """On resume, drop records past the checkpoint (the resumed run writes those steps again) and any line
+        that does not parse (a record torn by a crash or a full disk), with a warning; the file is replaced
+        atomically, so a crash here leaves the old file or the new one."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(self.path, "w") as f:
+        kept, torn = [], []
+        with open(self.path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                    torn.append(number)
+                    continue
+                if not isinstance(record, dict):
+                    torn.append(number)
+                elif record.get("step", 0) <= step:
+                    kept.append(json.dumps(record) + "\n")
+        if torn:
+            print(f"[mawstron] warning: {self.path}: dropped {len(torn)} unreadable line(s) (line {torn[0]}"
+                  f"{' ...' if len(torn) > 1 else ''}; a record torn by a crash or a full disk)", file=sys.stderr,
+                  flush=True)
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
             f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         if not self.enabled:

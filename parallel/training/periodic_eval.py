@@ -83,8 +83,10 @@ class PeriodicEval:
     class order fine-tuning's test split follows when it is an ImageFolder."""
 
     def __init__(self, cfg, module: torch.nn.Module, *, rank: int = 0, world_size: int = 1,
-                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, train_loader=None):
+                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, train_loader=None,
+                 resume_tag: str | None = None):
         self.cfg, self.module = cfg, module
+        self.resume_tag = resume_tag  # the checkpoint the trainer loaded (None: the one `latest` names)
         self.rank, self.world = rank, world_size
         self.device, self.dtype = device, dtype
         self.ema = WeightEMA(self.module, cfg.finetune.ema_decay) if cfg.finetune.ema_decay else None
@@ -112,18 +114,29 @@ class PeriodicEval:
         every = self.cfg.eval.every_steps
         return self.enabled and ((every and step % every == 0) or step == self.cfg.train.steps)
 
-    def _ema_path(self, step: int) -> str:
-        return os.path.join(self.cfg.checkpoint_dir, ckpt.tag_for_step(step), f"ema_rank{self.rank}.pt")
+    def _ema_path(self, step: int, rank: int | None = None) -> str:
+        return os.path.join(self.cfg.checkpoint_dir, ckpt.tag_for_step(step),
+                            f"ema_rank{self.rank if rank is None else rank}.pt")
 
     def _resume_ema(self) -> None:
-        tag = ckpt.resolve_tag(self.cfg.checkpoint_dir)
-        step = ckpt.read_marker(self.cfg.checkpoint_dir, tag)["step"]
-        path = self._ema_path(step)
-        if os.path.isfile(path):
-            self.ema.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            print_rank0(self.rank, f"[mawstron] EMA resumed ({self.ema.updates} updates)")
-        else:
+        """The EMA of the checkpoint the trainer loaded (``resume_tag``: the newest that verified, not
+        necessarily the one ``latest`` names), resharded when it was written by another number of ranks."""
+        ckpt_dir = self.cfg.checkpoint_dir
+        tag = self.resume_tag or ckpt.resolve_tag(ckpt_dir)
+        marker = ckpt.read_marker(ckpt_dir, tag)
+        step, saved_world = marker["step"], marker["world_size"]
+        paths = [self._ema_path(step, r) for r in range(saved_world)]
+        if not all(os.path.isfile(p) for p in paths):
             print_rank0(self.rank, f"[mawstron] {tag} holds no EMA; the average restarts from the resumed weights")
+            return
+        if saved_world == self.world:
+            self.ema.load_state_dict(torch.load(paths[self.rank], map_location="cpu", weights_only=True))
+            print_rank0(self.rank, f"[mawstron] EMA resumed from {tag} ({self.ema.updates} updates)")
+            return
+        states = [torch.load(p, map_location="cpu", weights_only=True, mmap=True) for p in paths]
+        self.ema.load_resharded(states)
+        print_rank0(self.rank, f"[mawstron] EMA resumed from {tag} ({self.ema.updates} updates), resharded from "
+                               f"{saved_world} to {self.world} ranks")
 
     def save_ema(self, step: int) -> None:
         """This rank's EMA partitions beside the checkpoint of ``step`` (written before the engine's save, in the

@@ -9,6 +9,8 @@ flags decides for all of them: they save the same step together and exit with ``
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import signal
 
 import torch
@@ -54,3 +56,35 @@ class PreemptionHandler:
 
     def signal_name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
+
+
+@contextlib.contextmanager
+def signals_held(signals=PREEMPTION_SIGNALS):
+    """Block the preemption signals in this thread for the duration of the block (they stay pending and arrive
+    when it ends, so nothing is lost: the handler only records them for the next step boundary anyway).
+
+    The trainer fetches every batch inside it because DataLoader workers are forked there: a child inherits the
+    blocked mask, so the SIGTERM a cluster sends to the whole process group no longer kills the workers (PyTorch's
+    worker handler exits on any SIGTERM) before their rank has saved; they leave when their rank ends the loader,
+    or when their watchdog sees the rank gone."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def end_worker_processes(timeout_s: float = 5.0) -> list[int]:
+    """Join this process's ``multiprocessing`` children (DataLoader workers) for up to ``timeout_s`` and SIGKILL any
+    still alive (a worker holding SIGTERM cannot be terminated): they leave when their rank does.  Returns the pids
+    killed."""
+    import time
+
+    deadline, killed = time.monotonic() + timeout_s, []
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+            killed.append(child.pid)
+    return killed

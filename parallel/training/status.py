@@ -1,6 +1,6 @@
 """``<run_dir>/status.json``: where a run is, rewritten atomically at every logged step and state change.
 
-A cluster monitor reads it without touching the run: ``state`` (running / saving / preempted / failed / done),
+A cluster monitor reads it without touching the run: ``state`` (running / saving / preempted / interrupted (Ctrl-C) / failed / done),
 step of total, elapsed and ETA, last loss, images/s, last complete checkpoint, and ``updated`` (a Unix time): a
 file that stops ageing while ``state`` says running means a hung run.
 """
@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-STATES = ("starting", "running", "saving", "preempted", "failed", "done")
+STATES = ("starting", "running", "saving", "preempted", "interrupted", "failed", "done")
 STATUS_FILE = "status.json"
 
 

@@ -27,7 +27,7 @@ from ..engine.ds_config import build_ds_config
 from ..engine.optim import build_optimizer, lr_at, set_lr
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .periodic_eval import PeriodicEval
-from .resilience import Preempted, PreemptionHandler
+from .resilience import Preempted, PreemptionHandler, end_worker_processes, signals_held
 from .schedule import Schedule, format_duration
 from .status import StatusFile
 
@@ -158,7 +158,8 @@ class Trainer:
         self.resume_universal = True
         if self.rank == 0:
             start = time.perf_counter()
-            path, converted = universal.convert(ckpt_dir, self.resume_tag)
+            # the other ranks wait in a barrier that ends after parallel.timeout_s: stop the conversion before it
+            path, converted = universal.convert(ckpt_dir, self.resume_tag, timeout_s=0.9 * self.cfg.parallel.timeout_s)
             how = f"converted in {time.perf_counter() - start:.1f} s" if converted else "cached conversion"
             print(f"[mawstron] {ckpt_dir}/{self.resume_tag} was written by {saved_world} ranks, this run has "
                   f"{self.world_size}: loading DeepSpeed's universal checkpoint {path} ({how})", flush=True)
@@ -221,7 +222,8 @@ class Trainer:
         start, waited, loss_sum = time.perf_counter(), 0.0, 0.0
         for _ in range(self.grad_accum):
             before = time.perf_counter()
-            batch = next(self.batches)
+            with signals_held():  # workers forked here survive the group's SIGTERM (resilience.signals_held)
+                batch = next(self.batches)
             waited += time.perf_counter() - before
             loss = self.compute_loss(batch)
             stats = self._all_finite(loss)
@@ -331,7 +333,8 @@ class Trainer:
         self.status.start_step = self.step
         self.status.update(state="running", step=self.step, last_checkpoint=self.last_checkpoint)
         self.evaluator = evaluator = PeriodicEval(cfg, self.engine.module, rank=self.rank, world_size=self.world_size,
-                                                  device=self.device, dtype=self.dtype, train_loader=self.loader)
+                                                  device=self.device, dtype=self.dtype, train_loader=self.loader,
+                                                  resume_tag=self.resume_tag)
         try:
             with PreemptionHandler() as preemption:
                 while self.step < cfg.train.steps:
@@ -372,6 +375,16 @@ class Trainer:
         raise Preempted(f"stopped on {signal_name} at step {self.step} after saving {self.last_checkpoint}; "
                         f"continue with --resume")
 
+    def close_loader(self) -> None:
+        """End the batch stream and its worker processes now, on every way out (done, preempted, Ctrl-C, error).
+        The workers hold SIGTERM (``signals_held``), so nothing else would end them: closing the stream sends
+        them PyTorch's stop message, and any that did not leave within seconds is killed."""
+        batches = getattr(self, "batches", None)
+        if batches is not None and hasattr(batches, "close"):
+            batches.close()  # the DataLoader iterator inside is released and shuts its workers down
+        self.loader.close()
+        end_worker_processes()
+
     def run(self) -> None:
         self.status.update(state="starting")  # a monitor sees the run from its first second
         try:
@@ -382,13 +395,22 @@ class Trainer:
             try:
                 self.train()
             finally:
-                self.loader.close()
+                self.close_loader()
             # every rank is done before any tears the process group down: a rank that exits while a peer's gloo
             # connection is still in use can abort that peer at exit ("terminate called without an active
             # exception", seen after a completed run on CPU ranks)
             dist.barrier()
             dist.destroy_process_group()
-        except (Preempted, KeyboardInterrupt):
+        except Preempted:
+            # every rank agreed and saved the same step: leave the process group together, as after a finished
+            # run (a gloo group left to interpreter exit can abort the rank: "terminate called without an active
+            # exception", pytorch/pytorch#190489)
+            dist.barrier()
+            dist.destroy_process_group()
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C: nothing was saved past the last checkpoint; a monitor must not read "running" forever
+            self.status.update(state="interrupted", step=self.step)
             raise
         except BaseException as e:
             # one line naming the rank, on the console the launcher merges every rank's output into; the
