@@ -67,3 +67,13 @@ def run_and_kill_after(recipe: str, overrides: list[str], cwd: str, marker: str,
 def read_metrics(run_dir: str) -> list[dict]:
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def wait_for_steps(proc, run_dir, steps, timeout=LAUNCH_TIMEOUT_S):
+    """Until ``run_dir/metrics.jsonl`` holds ``steps`` lines; fails if the run ends first or the time is up."""
+    path, deadline = os.path.join(run_dir, "metrics.jsonl"), time.time() + timeout
+    while not (os.path.exists(path) and sum(1 for _ in open(path)) >= steps):
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {steps}:\n{proc.stdout.read()[-3000:]}")
+        assert time.time() < deadline, f"step {steps} not reached within {timeout} s"
+        time.sleep(0.02)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 
-from distributed_runs import LAUNCH_TIMEOUT_S, env, launcher_cmd, read_metrics
+from distributed_runs import LAUNCH_TIMEOUT_S, env, launcher_cmd, read_metrics, wait_for_steps
 from mawstron.parallel.checkpoints import store as ckpt
 from mawstron.parallel.training.status import read_status
 
@@ -47,15 +47,6 @@ def start(run_dir, steps=STEPS, extra_overrides=()):
     cmd = launcher_cmd("vit_tiny_mae.py", overrides(run_dir, steps) + list(extra_overrides))
     return subprocess.Popen(cmd, cwd=os.path.dirname(run_dir), env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def wait_for_steps(proc, run_dir, steps, timeout=LAUNCH_TIMEOUT_S):
-    path, deadline = os.path.join(run_dir, "metrics.jsonl"), time.time() + timeout
-    while not (os.path.exists(path) and sum(1 for _ in open(path)) >= steps):
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before step {steps}:\n{proc.stdout.read()[-3000:]}")
-        assert time.time() < deadline, f"step {steps} not reached within {timeout} s"
-        time.sleep(0.02)
 
 
 def losses(run_dir):

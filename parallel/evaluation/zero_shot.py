@@ -14,8 +14,6 @@ import os
 import subprocess
 import sys
 
-import torch
-
 from mawstron.core import LitConfig, create_clip, size_overrides
 from mawstron.core.clip_weights import infer_clip_config, read_clip_state_dict
 from mawstron.core.data import DataConfig, build_eval_loader

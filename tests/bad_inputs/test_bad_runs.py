@@ -3,6 +3,7 @@ they started outlives them."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -91,15 +92,18 @@ def _start(run_dir, shards, *extra):
                             text=True, start_new_session=True)
 
 
-def _wait_for_step(proc, run_dir, step, timeout=240):
-    import time
+def _interrupt(proc, run_dir, step, sig) -> str:
+    """Send ``sig`` to the run's process group once it logged ``step`` steps; its output (killed if it hangs)."""
+    from distributed_runs import wait_for_steps
 
-    path, deadline = os.path.join(run_dir, "metrics.jsonl"), time.time() + timeout
-    while not (os.path.exists(path) and sum(1 for _ in open(path)) >= step):
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before step {step}:\n{proc.stdout.read()[-3000:]}")
-        assert time.time() < deadline, f"step {step} not reached within {timeout} s"
-        time.sleep(0.05)
+    try:
+        wait_for_steps(proc, run_dir, step)
+        os.killpg(proc.pid, sig)
+        return proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 @pytest.fixture(scope="module")
@@ -113,20 +117,11 @@ def shards(tmp_path_factory):
 
 def test_the_groups_sigterm_does_not_kill_dataloader_workers_before_the_save(tmp_path, shards):
     """SIGTERM to the whole process group (SLURM): DataLoader workers live on, the rank saves and exits 75."""
-    import signal
-
     from mawstron.parallel.training.status import read_status
 
     run_dir = str(tmp_path / "run")
     proc = _start(run_dir, shards)
-    try:
-        _wait_for_step(proc, run_dir, 2)
-        os.killpg(proc.pid, signal.SIGTERM)
-        out = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    out = _interrupt(proc, run_dir, 2, signal.SIGTERM)
     assert proc.returncode == 75, out[-3000:]
     assert "killed by signal" not in out
     status = read_status(run_dir)
@@ -134,14 +129,7 @@ def test_the_groups_sigterm_does_not_kill_dataloader_workers_before_the_save(tmp
 
     # Ctrl-C (SIGINT to the foreground group) on the resumed run: status.json must not say "running" forever
     proc = _start(run_dir, shards, "--resume")
-    try:
-        _wait_for_step(proc, run_dir, status["step"] + 2)
-        os.killpg(proc.pid, signal.SIGINT)
-        out = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    out = _interrupt(proc, run_dir, status["step"] + 2, signal.SIGINT)
     assert proc.returncode != 0, out[-3000:]
     assert read_status(run_dir)["state"] == "interrupted", out[-3000:]
 
