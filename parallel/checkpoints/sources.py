@@ -17,6 +17,10 @@ import re
 import sys
 import zipfile
 
+from mawstron.core.data.image_folder import IMAGE_SUFFIXES
+from mawstron.core.data.shards import _expand_braces
+from mawstron.core.hub import RELEASES, WeightsDownloadError, get_weights
+
 from . import store as ckpt
 from .store import find_checkpoint_dir
 
@@ -123,8 +127,6 @@ def resolve_checkpoint(source: str, tag: str | int | None = None, strict: bool =
             raise ValueError(f"--tag picks a step of a checkpoint folder; {source} is a weights file: drop --tag")
         check_weights_file(source)
         return source, None
-    from mawstron.core.hub import RELEASES, WeightsDownloadError, get_weights
-
     if source in RELEASES:
         if normalize_tag(tag):
             raise ValueError(f"--tag picks a step of a checkpoint folder; {source} is a released name: drop --tag")
@@ -149,9 +151,6 @@ def check_local_input(spec: str, what: str, command: str = "this command", remot
     ``https://`` shards themselves (they check those), so only the local parts are checked here."""
     if not spec:
         return
-    from mawstron.core.data.image_folder import IMAGE_SUFFIXES
-    from mawstron.core.data.shards import _expand_braces
-
     for part in (p.strip() for p in spec.split(",")):
         if "://" in part and not remote_ok:
             scheme = part.split("://", 1)[0]

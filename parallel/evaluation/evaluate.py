@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from mawstron.core import create_vit, load_pretrained
 from mawstron.core.data import DataConfig, build_eval_loader
-from mawstron.core.data.image_folder import align_classes
+from mawstron.core.data.image_folder import align_classes, is_image_folder, list_images
 from mawstron.core.eval import extract_features, few_shot
 from mawstron.core.eval.features import PRECISIONS
 from mawstron.core.eval.linear import DEFAULT_L2_GRID, PROBES, resolve_device, run_probe
@@ -283,8 +283,6 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
 
 
 def _image_folder_classes(root: str) -> list[str]:
-    from mawstron.core.data.image_folder import list_images
-
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     empty = [c for c in classes if not list_images(os.path.join(root, c))]
     if empty:
@@ -298,8 +296,6 @@ def eval_splits(data: str) -> tuple[str, str]:
     synth``), or an ImageNet-style tree: ``train/`` and ``val/`` as class folders of images (ImageFolder) or as
     folders of webdataset shards (``*.tar``, labels in ``.cls`` or json ``label``).  ValueError naming the fix."""
     import glob
-
-    from mawstron.core.data.image_folder import is_image_folder
 
     synth = os.path.join(data, "eval-train-*.tar"), os.path.join(data, "eval-test-*.tar")
     if glob.glob(synth[0]) and glob.glob(synth[1]):

@@ -17,6 +17,7 @@ import sys
 from mawstron.core import LitConfig, create_clip, size_overrides
 from mawstron.core.clip_weights import infer_clip_config, read_clip_state_dict
 from mawstron.core.data import DataConfig, build_eval_loader
+from mawstron.core.data.image_folder import is_image_folder
 from mawstron.core.data.shards import build_index, expand_shards, parse_meta
 from mawstron.core.eval import DEFAULT_TEMPLATES, zero_shot_classifier
 from mawstron.core.eval.zero_shot import IMAGENET_TEMPLATES, imagenet_class_names, zero_shot_scores
@@ -84,8 +85,6 @@ def class_names_for(test_shards: str, classnames_file: str = "") -> list[str]:
         if not names:
             raise ValueError(f"--classnames {classnames_file!r} is empty: write one class name per line, in label order")
         return names
-    from mawstron.core.data.image_folder import is_image_folder
-
     if is_image_folder(test_shards):
         folders = sorted(e.name for e in os.scandir(test_shards) if e.is_dir() and not e.name.startswith("."))
         return imagenet_class_names(folders) or folders

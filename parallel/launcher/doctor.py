@@ -14,6 +14,8 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 
+from .hostfile import HostfileError, describe, read_hostfile, world_size
+
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu126"
 
 
@@ -189,8 +191,6 @@ def check_extras() -> list[Check]:
 
 
 def check_hostfile(path: str, gpus_per_node: int = 0) -> Check:
-    from .hostfile import HostfileError, describe, read_hostfile, world_size
-
     try:
         pool = read_hostfile(path)
         world = world_size(pool, gpus_per_node, path)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
+from ..console import quiet_third_party
+
 EXAMPLE = "one line per node, `HOST slots=GPUS` (e.g. `node001 slots=8`)"
 
 
@@ -223,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("hostfile")
     p.add_argument("--gpus-per-node", type=int, default=0)
     args = p.parse_args(argv)
-    from ..console import quiet_third_party
-
     quiet_third_party()  # DeepSpeed's import-time notices would mix into the printed --world_info
     try:
         if args.action == "slurm":
