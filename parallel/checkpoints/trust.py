@@ -108,8 +108,22 @@ def _restricted(real_load):
             try:
                 return real_load(f, map_location=map_location, weights_only=True, mmap=mmap, **kwargs)
             except pickle.UnpicklingError as e:
+                if not _needs_a_global(f, e):
+                    raise  # damaged, or not a checkpoint at all: the caller names the file and the fix
                 raise UntrustedCheckpoint(_describe(f, e)) from None
     return load
+
+
+def _needs_a_global(f, error: Exception) -> bool:
+    """Whether the refused load asked for a global outside the allow-list (rather than failing on bad bytes)."""
+    if "global" in str(error).lower():  # torch: "Unsupported global: GLOBAL x.y was not an allowed global ..."
+        return True
+    if isinstance(f, (str, os.PathLike)):
+        try:
+            return bool(torch.serialization.get_unsafe_globals_in_checkpoint(f))
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: nothing more to read from it
+            return False
+    return False
 
 
 @contextlib.contextmanager
