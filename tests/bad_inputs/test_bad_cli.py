@@ -220,25 +220,21 @@ def test_a_damaged_pt_file_is_one_line_where_weights_are_read(tmp_path):
 
 def test_features_resolves_a_released_name_through_the_weights_cache(tmp_path, capsys, monkeypatch):
     """`features --checkpoint maws_vit_b16` reads the cached release, as eval does; offline it says how to fetch."""
-    from mawstron.core import create_vit
+    import dataclasses
+
+    from mawstron.core import create_vit, hub
     from mawstron.core.hub import cached_path
 
     monkeypatch.setenv("MAWSTRON_CACHE", str(tmp_path / "cache"))
     images = _images(tmp_path / "imgs")
-    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):  # offline: a refused connection
-        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
+    # offline: the release's address is a closed port on this machine (a proxy set in the environment would stay in
+    # urllib's opener for the rest of the session), and its preset a small encoder
+    monkeypatch.setitem(hub.RELEASES, "maws_vit_b16", dataclasses.replace(
+        hub.RELEASES["maws_vit_b16"], url="http://127.0.0.1:9/vit_b16.pt", preset="vit_micro", md5_prefix=""))
     rc, _, err = run(capsys, "features", "--checkpoint", "maws_vit_b16", "--images", images, "--out",
                      str(tmp_path / "f.npy"))
     assert rc == 2 and "maws_vit_b16" in err and "does not exist" not in err  # looked up as a release, offline
-    # a cached copy is read like any weights file (here a small encoder: the release's entry names its preset)
-    import dataclasses
-
-    from mawstron.core import hub
-
-    monkeypatch.setitem(hub.RELEASES, "maws_vit_b16", dataclasses.replace(hub.RELEASES["maws_vit_b16"],
-                                                                          preset="vit_micro", md5_prefix=""))
+    # a cached copy is read like any weights file
     os.makedirs(os.path.dirname(cached_path("maws_vit_b16")), exist_ok=True)
     torch.save({"model": create_vit("vit_micro").state_dict()}, cached_path("maws_vit_b16"))
     rc, out, err = run(capsys, "features", "--checkpoint", "maws_vit_b16", "--images", images, "--out",
