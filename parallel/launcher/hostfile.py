@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-from ..console import quiet_third_party
+# absolute: the README command test runs this `python -m` module by its path (runpy.run_path)
+from mawstron.parallel.console import quiet_third_party
 
 EXAMPLE = "one line per node, `HOST slots=GPUS` (e.g. `node001 slots=8`)"
 
