@@ -58,22 +58,6 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-# labelled (train, test) splits a --data folder may hold: `data synth`'s, then `data from-folder`'s
-DATA_SPLITS = (("eval-train", "eval-test"), ("train", "val"), ("train", "test"))
-
-
-def data_splits(data: str) -> tuple[str, str] | None:
-    """The (train, test) shard patterns in ``data``: ``eval-train``/``eval-test`` (``mawstron data synth``), else
-    ``train``/``val`` as ``mawstron data from-folder --split`` writes them; None when no pair is complete."""
-    import glob
-
-    for train, test in DATA_SPLITS:
-        pair = tuple(os.path.join(data, f"{split}-*.tar") for split in (train, test))
-        if all(glob.glob(p) for p in pair):
-            return pair
-    return None
-
-
 def run(args, argv: list[str] | None = None) -> int:
     from mawstron.parallel.evaluation.evaluate import eval_splits, evaluate
 
@@ -84,20 +68,17 @@ def run(args, argv: list[str] | None = None) -> int:
     if args.probe_epochs <= 0 or args.probe_batch_size <= 0 or args.batch_size <= 0:
         print("mawstron eval: --probe-epochs, --probe-batch-size and --batch-size must be positive", file=sys.stderr)
         return 2
-    data_train, data_test = ("", "")
-    if args.data:
-        data_train, data_test = data_splits(args.data) or tuple(
-            os.path.join(args.data, f"{split}-*.tar") for split in DATA_SPLITS[0])
-    train = args.train_shards or data_train
-    test = args.test_shards or data_test
-    if args.data and not (args.train_shards and args.test_shards) and os.path.isdir(args.data) \
-            and not data_splits(args.data):
-        try:  # an ImageNet-style tree: train/ and val/ as class folders or folders of shards
-            tree_train, tree_test = eval_splits(args.data)
-        except ValueError as e:
-            print(f"mawstron eval: {e}", file=sys.stderr)
-            return 2
-        train, test = args.train_shards or tree_train, args.test_shards or tree_test
+    train, test = args.train_shards, args.test_shards
+    if args.data and not (train and test):
+        if os.path.isdir(args.data):
+            try:  # synth's or from-folder's shards, or an ImageNet-style tree (class folders or folders of shards)
+                data_train, data_test = eval_splits(args.data)
+            except ValueError as e:
+                print(f"mawstron eval: {e}", file=sys.stderr)
+                return 2
+        else:
+            data_train, data_test = (os.path.join(args.data, f"{split}-*.tar") for split in ("eval-train", "eval-test"))
+        train, test = train or data_train, test or data_test
     cmd = launch_command(args, sys.argv[1:] if argv is None else argv)
     if cmd:
         prefetch_release(args.checkpoint)

@@ -291,15 +291,20 @@ def _image_folder_classes(root: str) -> list[str]:
     return classes
 
 
+# labelled (train, test) shard splits a --data folder may hold: `data synth`'s, then `data from-folder`'s
+DATA_SPLITS = (("eval-train", "eval-test"), ("train", "val"), ("train", "test"))
+
+
 def eval_splits(data: str) -> tuple[str, str]:
     """``(train, test)`` of a ``--data`` folder: ``eval-train-*.tar`` / ``eval-test-*.tar`` (``mawstron data
-    synth``), or an ImageNet-style tree: ``train/`` and ``val/`` as class folders of images (ImageFolder) or as
+    synth``), ``train-*.tar`` / ``val-*.tar`` (or ``test-*.tar``; ``mawstron data from-folder``), or an ImageNet-style tree: ``train/`` and ``val/`` as class folders of images (ImageFolder) or as
     folders of webdataset shards (``*.tar``, labels in ``.cls`` or json ``label``).  ValueError naming the fix."""
     import glob
 
-    synth = os.path.join(data, "eval-train-*.tar"), os.path.join(data, "eval-test-*.tar")
-    if glob.glob(synth[0]) and glob.glob(synth[1]):
-        return synth
+    for train_split, test_split in DATA_SPLITS:
+        pair = os.path.join(data, f"{train_split}-*.tar"), os.path.join(data, f"{test_split}-*.tar")
+        if glob.glob(pair[0]) and glob.glob(pair[1]):
+            return pair
     train, val = os.path.join(data, "train"), os.path.join(data, "val")
     if not os.path.isdir(val) and os.path.isdir(os.path.join(data, "validation")):
         val = os.path.join(data, "validation")
