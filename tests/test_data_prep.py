@@ -1,5 +1,6 @@
 """Data preparation at scale (issue #20): bounded open files, precomputed tag ids, the local and Ray engines."""
 
+import bisect
 import itertools
 import json
 import os
@@ -13,6 +14,7 @@ import torch
 from data_helpers import make_collection, tiny_jpeg, write_shard
 from mawstron.cli.main import main
 from mawstron.core.data import DataConfig, build_train_loader
+from mawstron.core.data.shards import build_index
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -122,7 +124,42 @@ def test_tag_ids_serve_ranks_splitting_one_shard_and_step_aside_for_another_samp
     (path,) = [os.path.join(index_dir, n) for n in os.listdir(index_dir) if n.endswith(".tags.json")]
     data = json.load(open(path))
     json.dump({**data, "keys": "written over another sample list"}, open(path, "w"))
+    build_index(one, index_dir=index_dir, force=True)  # an index rebuilt since the file was written: read at start
     assert draws() == (slow, [0, 0])
+
+
+def test_rank_start_with_tag_ids_reads_a_shard_index_only_when_the_shard_is_read(tailed, tmp_path):
+    """With tag ids a rank starts without reading any sample index and reads a shard's when it first reads that
+    shard (same batches); an index rebuilt since is read at start; one that no longer matches is refused."""
+    index_dir = str(tmp_path / "idx")
+    cfg = DataConfig(source="shards", shards=f"{tailed}/train-*.tar", vocab=f"{tailed}/vocab.json", loader="torch",
+                     num_workers=0, resample="sqrt", index_dir=index_dir)
+    kw = dict(stage="wsp", img_size=8, micro_batch=2, seed=3)
+    slow = build_train_loader(cfg, **kw)
+    reference = take(slow, 1)
+    assert main(["data", "tags", "--shards", f"{tailed}/train-*.tar", "--vocab", f"{tailed}/vocab.json",
+                 "--index-dir", index_dir, "--workers", "1"]) == 0
+    fast = build_train_loader(cfg, **kw)
+    usable = fast.shards.usable
+    assert fast.shards.tag_ids_used == len(usable) == 8 and not any(ix.loaded for ix in usable)
+    assert fast.draws.fingerprint() == slow.draws.fingerprint() and len(fast.shards.samples) == 96
+    assert fast.stats()["skipped"] == slow.stats()["skipped"]
+    (batch,) = take(fast, 1)
+    assert torch.equal(batch["images"], reference[0]["images"])
+    assert torch.equal(batch["targets"], reference[0]["targets"])
+    drawn = {bisect.bisect_right(fast.shards.samples.ends, fast.draws.sample_at(p)) for p in range(2)}
+    assert {k for k, ix in enumerate(usable) if ix.loaded} == drawn  # only the shards the batch read
+
+    shards = [ix.path for ix in usable]
+    build_index(shards[0], index_dir=index_dir, force=True)  # rebuilt: read at start, its tag ids still serve
+    again = build_train_loader(cfg, **kw)
+    assert [getattr(ix, "loaded", "read at start") for ix in again.shards.usable[:2]] == ["read at start", False]
+    assert again.shards.tag_ids_used == 8 and again.draws.fingerprint() == slow.draws.fingerprint()
+    tags = again.shards.usable[1].tags_path
+    json.dump({**json.load(open(tags)), "keys": "another sample list"}, open(tags, "w"))
+    odd = build_train_loader(cfg, **kw).shards.usable[1]
+    with pytest.raises(ValueError, match=r"tags\.json was written over another sample list .*data tags"):
+        odd.samples
 
 
 def test_tag_ids_of_an_older_vocabulary_are_refused(tailed, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 
 from .shards import Sample, Vocab, assign_shards, build_index, expand_shards, parse_meta, read_num_classes
 from .resample import EpochDraws, flat_image_weights, flatten_tag_sets, rank_epoch_size, resample_power
-from .tag_ids import load_tag_ids, scan_tag_ids
+from .tag_ids import LazyShardIndex, lazy_shard_index, load_tag_ids, scan_tag_ids
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -69,6 +71,40 @@ class WorkerStridedBatches(torch.utils.data.IterableDataset):
             k += workers
 
 
+class RankSamples(Sequence):
+    """This rank's samples as ``(shard path, Sample)``: the usable shards' samples one shard after another, every
+    ``sub_world``-th from ``sub_rank`` (fewer shards than ranks).  Built from the shards' sample counts, so a shard
+    whose index is read lazily (tag_ids.LazyShardIndex) is only read when one of its samples is asked for."""
+
+    def __init__(self, indexes: list, sub_rank: int, sub_world: int):
+        self.indexes, self.sub_rank, self.sub_world = indexes, sub_rank, sub_world
+        self.ends = np.cumsum([ix.count for ix in indexes]).tolist()
+        self.n = len(range(sub_rank, self.ends[-1] if self.ends else 0, sub_world))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(f"sample {i} of {self.n}")
+        j = self.sub_rank + i * self.sub_world
+        k = bisect.bisect_right(self.ends, j)
+        ix = self.indexes[k]
+        return ix.path, ix.samples[j - (self.ends[k - 1] if k else 0)]
+
+    def __iter__(self):
+        j = self.sub_rank
+        for k, ix in enumerate(self.indexes):
+            start = self.ends[k - 1] if k else 0
+            while j < self.ends[k]:
+                yield ix.path, ix.samples[j - start]
+                j += self.sub_world
+
+
 class RankShards:
     """Shards of ``cfg.shards`` that ``rank`` reads, their indexes, and what indexing left out."""
 
@@ -82,8 +118,8 @@ class RankShards:
         self.paths, self.sub_rank, self.sub_world = assign_shards(self.all_shards, rank, world_size)
         self.cfg, self.rank = cfg, rank
         self.tag_ids_used = 0  # shards whose precomputed tag ids served the last tag_ids()
-        self.load_indexes(validate=cfg.validate)
         self.vocab = Vocab(cfg.vocab) if self.batches.labels == "hashtags" else None
+        self.load_indexes(validate=cfg.validate)
         if self.vocab is not None:
             self.num_classes = len(self.vocab)
         elif self.batches.labels == "classes":
@@ -115,21 +151,24 @@ class RankShards:
                              f"manifest.json's num_classes")
 
     def load_indexes(self, *, validate: bool, force: bool = False) -> int:
-        """(Re)build this rank's indexes; returns the number of usable samples."""
+        """(Re)build this rank's indexes; returns the number of usable samples.  With ``data.resample``, a shard
+        with precomputed tag ids (``mawstron data tags``) starts from that file alone and its index is read when
+        a loader first reads the shard (tag_ids.LazyShardIndex); ``force`` reads (rebuilds) every index now."""
         cfg = self.cfg
-        self.indexes = [build_index(p, validate=validate, index_dir=cfg.index_dir, force=force) for p in self.paths]
+        lazy = not force and self.vocab is not None and getattr(cfg, "resample", "none") != "none"
+        self.indexes = [(lazy and lazy_shard_index(p, self.vocab, validate=validate, index_dir=cfg.index_dir))
+                        or build_index(p, validate=validate, index_dir=cfg.index_dir, force=force) for p in self.paths]
         self.skipped_by_shard = {ix.path: sum(ix.skipped.values()) for ix in self.indexes}
         self.skipped_by_reason = Counter()
         for ix in self.indexes:
             self.skipped_by_reason.update(ix.skipped)
-        self.usable = [ix for ix in self.indexes if ix.samples]
+        self.usable = [ix for ix in self.indexes if ix.count]
         if not self.usable:
             raise ValueError(f"data.shards={cfg.shards!r}: rank {self.rank} has no readable sample in "
                              f"{[ix.path for ix in self.indexes]} (skipped: {dict(self.skipped_by_reason)})")
         # the flat sample list of the PyTorch path (DALI splits by shard_id/num_shards itself)
-        self.samples: list[tuple[str, Sample]] = [
-            (ix.path, s) for ix in self.usable for s in ix.samples][self.sub_rank::self.sub_world]
-        return sum(len(ix.samples) for ix in self.usable)
+        self.samples: Sequence[tuple[str, Sample]] = RankSamples(self.usable, self.sub_rank, self.sub_world)
+        return sum(ix.count for ix in self.usable)
 
     def resample_draws(self, *, seed: int, world_size: int):
         """This rank's weighted epoch draws over ``self.samples`` for ``data.resample`` (resample.py), or
@@ -152,7 +191,7 @@ class RankShards:
         lengths, ids = [], []
         self.tag_ids_used = 0
         for ix in self.usable:
-            found = load_tag_ids(ix, self.vocab)
+            found = ix.tags if isinstance(ix, LazyShardIndex) else load_tag_ids(ix, self.vocab)
             if found is None:
                 found = flatten_tag_sets(scan_tag_ids(ix, self.vocab))
             else:

@@ -166,7 +166,7 @@ class DaliShardLoader:
         """The decoder hit an image the index did not catch (``data.validate=false``): re-index this rank's shards
         decoding every image with PIL, and rebuild the pipeline without the bad samples (a new shuffle order:
         the stream from here on is not the one a run without the bad image would have seen)."""
-        before = sum(len(ix.samples) for ix in self.shards.usable)
+        before = sum(ix.count for ix in self.shards.usable)
         after = self.shards.load_indexes(validate=True, force=True)
         if after == before:
             raise error  # not a bad image: a real failure

@@ -72,7 +72,7 @@ def flatten_tag_sets(tag_sets: list[list[int]]) -> tuple[np.ndarray, np.ndarray]
 def flat_image_weights(lengths: np.ndarray, flat: np.ndarray, tag_counts: np.ndarray, power: float) -> np.ndarray:
     """``image_weights`` of the tag sets ``flatten_tag_sets`` made (precomputed tag ids come this way)."""
     counts = np.asarray(tag_counts, dtype=np.float64)
-    if len(flat) and np.any(counts[np.unique(flat)] <= 0):
+    if len(flat) and np.any(counts[flat] <= 0):
         raise ValueError("a tag on an image has no image count in the vocabulary; rebuild vocab.json with "
                          "`mawstron data vocab` over the same shards")
     factor = np.where(counts > 0, np.maximum(counts, 1.0) ** (power - 1.0), 0.0)

@@ -271,6 +271,11 @@ class ShardIndex:
     index_path: str
     samples: list[Sample] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    validated: bool = False  # every image decoded with PIL when the index was built
+
+    @property
+    def count(self) -> int:
+        return len(self.samples)
 
 
 def index_path_for(shard: str, index_dir: str = "") -> str:
@@ -373,7 +378,7 @@ def build_index(shard: str, *, validate: bool = True, index_dir: str = "", force
             if (meta.get("version") == SIDECAR_VERSION and meta.get("stamp") == stamp
                     and (meta.get("validated") or not validate)):
                 samples = [Sample(k, tuple(i), e, tuple(m)) for k, i, e, m in meta["samples"]]
-                return ShardIndex(shard, idx, samples, Counter(meta["skipped"]))
+                return ShardIndex(shard, idx, samples, Counter(meta["skipped"]), bool(meta.get("validated")))
         except (OSError, ValueError, KeyError, TypeError):
             pass
     samples, skipped = _scan(shard, validate)
@@ -390,7 +395,7 @@ def build_index(shard: str, *, validate: bool = True, index_dir: str = "", force
         if not index_dir:
             return build_index(shard, validate=validate, force=force, index_dir=private_dir("index"))
         raise
-    return ShardIndex(shard, idx, samples, skipped)
+    return ShardIndex(shard, idx, samples, skipped, validate)
 
 
 # ------------------------------------------------------------------------------------------------ tags
