@@ -6,14 +6,15 @@ with them it reads one file per shard.  ``mawstron data tags --shards ... --voca
 ``<index>.tags.json`` beside each shard's ``.idx`` (or under ``--index-dir``)::
 
     {"version": 2, "shard": ..., "stamp": [size, mtime or ETag], "vocab": <fingerprint>, "keys": <sha1 of the
-     index's sample keys>, "lengths": [2, 0, 3, ...], "ids": [3, 17, 5, 9, 40, ...]}
+     index's sample keys>, "index": [size, mtime_ns of the index's .idx.json], "validated": true,
+     "skipped": {"corrupt_jpeg": 1}, "lengths": [2, 0, 3, ...], "ids": [3, 17, 5, 9, 40, ...]}
 
 (each sample's number of known tags, then all their indices, sample after sample: read straight into arrays).
-The file also records what a rank start needs to leave the shard's sample index unread: the index's skipped
-counts, whether it was validated, and the size and mtime of its ``.idx.json`` sidecar.  A rank whose shards all
-have such files reads one file per shard at start (each shard's sample count and tag ids) and each shard's
-sample index only when a loader first reads that shard (``LazyShardIndex``), as a webdataset reader opens a shard
-when it gets to it.
+``index``, ``validated`` and ``skipped`` let a rank start leave the shard's sample index unread: a rank reads one
+file per shard at start (each shard's sample count, skips and tag ids) and a shard's sample index only when a
+loader first reads that shard (``LazyShardIndex``), as a webdataset reader opens a shard when it gets to it.  A
+shard whose index was rebuilt since (its sidecar's size or mtime differ), or whose file lacks these fields (written
+before them), has its index read at start, and its tag ids serve if the index's keys still match.
 A file written for another vocabulary (``vocab``: a hash of the tags and synonyms) or for another version of the
 shard (``stamp``) is refused with the command that rewrites it, since silently mixing it in would change the
 draws.  A file written over another sample list of the same shard (``data.validate`` differs, or the loader
