@@ -115,7 +115,7 @@ class DaliEvalBatches:
         def pipe():
             if self.shards:
                 jpegs, meta = fn.readers.webdataset(
-                    paths=paths, index_paths=index_paths, ext=["jpg", "json;cls"], random_shuffle=False,
+                    paths=paths, index_paths=index_paths, ext=["jpg", "json;cls;txt"], random_shuffle=False,
                     name="reader", dtypes=[types.UINT8, types.UINT8], missing_component_behavior="error",
                     pad_last_batch=False)
                 meta = fn.pad(meta, fill_value=0)
@@ -158,16 +158,58 @@ class DaliEvalBatches:
             labels.append(label)
         return torch.tensor(labels, dtype=torch.int64)
 
+    def _undecodable(self, seen: int) -> str | None:
+        """The first image from position ``seen`` on (the batches in flight when DALI failed) that PIL cannot
+        decode either, named as ``file`` or ``shard:key``; None if there is none."""
+        from .shards import decodes_with_pil, read_bytes
+
+        for item in self.items[seen:seen + 4 * self.batch_size]:
+            if self.shards:
+                path, sample = item
+                name, data = f"{path}:{sample.key}", read_bytes(path, sample.image)
+            else:
+                name = item[0]
+                with open(name, "rb") as f:
+                    data = f.read()
+            if not decodes_with_pil(data):
+                return name
+        return None
+
+    def _check_jpeg_markers(self) -> None:
+        """Files (not shards: their index checked them): a JPEG without its start / end markers, a truncated one
+        most often, is named before DALI sees it (DALI 2.4's decoder can crash the process on one)."""
+        from .shards import looks_like_jpeg
+
+        for path, _ in self.items:
+            if not path.lower().endswith((".jpg", ".jpeg")):
+                continue
+            with open(path, "rb") as f:
+                head = f.read(3)
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+                tail = f.read(64)
+            if not looks_like_jpeg(head + tail):
+                raise ValueError(f"{path}: not a whole JPEG (no start or end marker: truncated?); remove or replace "
+                                 f"the file")
+
     def __iter__(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        it = DALIGenericIterator([self._pipeline()], ["images", "meta"], reader_name="reader",
-                                 last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        if not self.shards:
+            self._check_jpeg_markers()
         seen = 0
-        for out in it:
-            batch = out[0]
-            images = batch["images"]
-            yield {"images": images, "labels": self._labels(batch["meta"])}
-            seen += images.shape[0]
+        try:  # the iterator prefetches: a bad image can fail its construction too
+            it = DALIGenericIterator([self._pipeline()], ["images", "meta"], reader_name="reader",
+                                     last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+            for out in it:
+                batch = out[0]
+                images = batch["images"]
+                yield {"images": images, "labels": self._labels(batch["meta"])}
+                seen += images.shape[0]
+        except RuntimeError as error:
+            bad = self._undecodable(seen)
+            if bad is None:
+                raise
+            raise ValueError(f"{bad}: not a decodable image (DALI's decoder failed on it, and PIL cannot decode it "
+                             f"either); remove or replace the file") from None
         if seen != len(self.items):  # the reader's epoch is exactly the share: anything else is a bug
             raise RuntimeError(f"DALI read {seen} images of a share of {len(self.items)}")
