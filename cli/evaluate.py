@@ -27,7 +27,10 @@ def add_parser(subparsers):
     p.add_argument("--draws", type=positive_int, default=5, help="random draws averaged per k-shot setting")
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens")
-    p.add_argument("--loader", choices=("dali", "torch"), default="dali", help="decoding of the shards")
+    p.add_argument("--loader", choices=("dali", "torch"), default="auto",
+                   help="image decoding: dali (on the GPU, `mixed`, when the encoder runs on one; its CPU decoder "
+                        "otherwise) or torch (PIL in --workers processes); default: dali when NVIDIA DALI is "
+                        "installed, else torch.  The log names the decoder that ran")
     p.add_argument("--tag", default=None,
                    help="checkpoint step: 400, step_400, step_00000400 or latest (default: the one 'latest' names)")
     p.add_argument("--strict", action="store_true",
@@ -148,7 +151,8 @@ def run_zero_shot(args, test: str) -> int:
         with stdout_to_stderr():
             result = evaluate_zero_shot(checkpoint, test, classnames=args.classnames, templates=args.templates,
                                         tokenizer=args.tokenizer, batch_size=args.batch_size, device=args.device,
-                                        precision=args.precision, workers=args.workers, tag=tag)
+                                        precision=args.precision, workers=args.workers, tag=tag,
+                                        loader=args.loader)
     except (FileNotFoundError, ValueError) as e:
         print(f"mawstron eval --zero-shot: {e}", file=sys.stderr)
         leave_rank(2)

@@ -27,6 +27,9 @@ def add_parser(subparsers):
     p.add_argument("--pool", choices=("token", "avg"), default="token",
                    help="class token, or the mean of the patch tokens (often better for MAE encoders)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass on each rank")
+    p.add_argument("--loader", choices=("dali", "torch"), default="auto",
+                   help="image decoding: dali (on the GPU, `mixed`, when the encoder runs on one; its CPU decoder "
+                        "otherwise) or torch (PIL); default: dali when NVIDIA DALI is installed, else torch")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     add_rank_args(p)
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -46,7 +49,8 @@ def run(args, argv: list[str] | None = None) -> int:
     import torch
 
     from mawstron.core.data.image_folder import image_loader
-    from mawstron.parallel.evaluation.evaluate import Ranks, check_rank_count, extract_split, load_encoder_from_checkpoint
+    from mawstron.parallel.evaluation.evaluate import (Ranks, check_rank_count, extract_split,
+                                                      load_encoder_from_checkpoint, pick_decoder)
 
     if not args.out.endswith(".npy"):
         print(f"mawstron features: --out {args.out!r} must end in .npy", file=sys.stderr)
@@ -74,9 +78,10 @@ def run(args, argv: list[str] | None = None) -> int:
         workers = args.workers
         if workers is None:
             workers = min(8, len(os.sched_getaffinity(0)) // ranks.world) if ranks.device.type == "cuda" else 0
+        decoder = pick_decoder(args.loader, loader, ranks)
         ranks.join()
         feats, labels = extract_split(model, loader, ranks, split="images", pool=args.pool, precision=args.precision,
-                                      batch_size=args.batch_size, workers=workers, quiet=args.quiet)
+                                      batch_size=args.batch_size, workers=workers, quiet=args.quiet, decoder=decoder)
     except (ValueError, FileNotFoundError) as e:
         print(f"mawstron features: {e}", file=sys.stderr)
         ranks.close()

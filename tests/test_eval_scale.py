@@ -78,7 +78,8 @@ def tree_and_encoder(tmp_path_factory):
 
 def test_eval_on_two_cpu_ranks_equals_one_rank(tree_and_encoder, capsys):
     """`mawstron eval --data TREE --gpus 2` (deepspeed launcher, gloo ranks): each rank extracts half of each
-    split (its log says which), and the probe on the gathered features gives exactly the one-rank result."""
+    split (its log says which, and that DALI decoded it), and the probe on the gathered features gives exactly the
+    one-rank result."""
     tree, encoder = tree_and_encoder
     args = ["eval", "--checkpoint", encoder, "--data", tree, "--shots", "1,2", "--draws", "2", "--json",
             "--device", "cpu"]
@@ -92,6 +93,8 @@ def test_eval_on_two_cpu_ranks_equals_one_rank(tree_and_encoder, capsys):
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout)  # stdout is the JSON alone
     assert two["ranks"] == 2
+    # DALI is installed here: both runs decoded with its cpu pipeline (`mixed` needs a GPU encoder)
+    assert one["decoder"] == two["decoder"] == "dali-cpu" and "decoded by DALI (cpu)" in proc.stderr
     for rank, (start, stop) in enumerate(((0, 15), (16, 31))):
         assert f"[rank {rank}/2] training: extracting images {start}..{stop} of 32 (16 images)" in proc.stderr
     assert "[rank 1/2] test: extracting images 8..15 of 16" in proc.stderr

@@ -109,7 +109,9 @@ def test_features_command_and_show_mae(folder, tmp_path, capsys):
     weights = str(tmp_path / "micro.safetensors")
     save_file(model.state_dict(), weights, metadata={"model": json.dumps(dataclasses.asdict(ModelConfig("vit_micro")))})
     out = str(tmp_path / "feats.npy")
-    assert main(["features", "--checkpoint", weights, "--images", root, "--out", out, "--batch-size", "7"]) == 0
+    # --loader torch: PIL's pixels exactly (DALI's are within a grey level: test_eval_dali.py)
+    assert main(["features", "--checkpoint", weights, "--images", root, "--out", out, "--batch-size", "7",
+                 "--loader", "torch"]) == 0
     feats = np.load(out)
     index = json.load(open(str(tmp_path / "feats.json")))
     assert feats.shape == (20, 64) and len(index["images"]) == 20 and len(index["labels"]) == 20

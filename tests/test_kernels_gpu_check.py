@@ -37,3 +37,20 @@ def test_gpu_check_rejects_unknown_arguments(tmp_path):
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--bogus"],
                           capture_output=True, text=True, env=dict(os.environ, OUT=str(tmp_path)), timeout=60)
     assert proc.returncode == 2 and "unknown argument --bogus" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
+def test_gpu_check_stops_every_part_at_its_total_budget(tmp_path):
+    """BUDGET_S caps all parts together (a lent GPU gives 15 minutes in all): a part that would start after the
+    budget is spent is skipped and said so, and the status is written as JSON as well as text."""
+    out = tmp_path / "gpu"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OUT=str(out), PYTHON=sys.executable, BUDGET_S="1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--dry-run"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    status = json.loads((out / "gpu_check-status.json").read_text())
+    assert status["tune_plan"] == "ok"
+    parts = ("interpreter_attention", "interpreter_kernels", "compile_sm90")
+    assert all(status[p] == "skipped: the 1s budget of gpu_check is spent" for p in parts), status
+    assert not (out / "attention-dry-run.json").exists()

@@ -1,8 +1,9 @@
 """Evaluation loader: every usable image of the given shards exactly once, in shard order, deterministic.
 
 Resize the shorter side to ``img_size / 0.875`` (bilinear), centre-crop ``img_size``, normalise (ImageNet).
-Decoding is PIL on one process for both ``data.loader`` settings: evaluation sets are small and the probe needs
-exactly-once, ordered, bit-reproducible features, which a plain sequential pass gives by construction.
+This module decodes with PIL (``load_item``, ``__iter__``; the evaluation commands' ``--loader torch``); with
+``--loader dali`` the same ordered items are decoded by DALI with the same geometry (dali_eval.py).  Either way
+every usable image is read exactly once, in order, so the probe's features are reproducible.
 """
 
 from __future__ import annotations

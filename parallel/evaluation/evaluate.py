@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from mawstron.core import create_vit, load_pretrained
 from mawstron.core.data import DataConfig, build_eval_loader
+from mawstron.core.data.dali_eval import DaliEvalBatches, dali_eval_device, dali_installed, dali_unsupported
 from mawstron.core.data.image_folder import align_classes, is_image_folder, list_images
 from mawstron.core.eval import extract_features, few_shot
 from mawstron.core.eval.features import PRECISIONS
@@ -169,13 +170,50 @@ class _Items(torch.utils.data.Dataset):
         return {"images": image, "labels": label}
 
 
-def split_batches(loader, items, batch_size: int, workers: int):
-    """Batches of ``items`` in order, decoded by ``workers`` processes (0: in this one)."""
+def eval_decoder(requested: str, loader, device) -> tuple[str, str]:
+    """``(decoder, why)``: ``"dali-mixed"`` / ``"dali-cpu"`` (DALI, on the GPU when ``device`` is one) or
+    ``"pil"`` for ``--loader requested`` (``dali``, ``torch`` or ``auto``: dali when DALI is installed) on
+    ``loader``'s images; ``why`` says why DALI was asked for and not used ("" otherwise)."""
+    if requested not in ("auto", "dali", "torch"):
+        raise ValueError(f"--loader must be dali or torch, got {requested!r}")
+    if requested == "torch":
+        return "pil", ""
+    if not dali_installed():
+        if requested == "dali":
+            return "pil", "NVIDIA DALI is not installed (pip install nvidia-dali-cuda120)"
+        return "pil", ""
+    unsupported = dali_unsupported(loader)
+    if unsupported:
+        return "pil", unsupported
+    return f"dali-{dali_eval_device(device)}", ""
+
+
+def pick_decoder(requested: str, loader, ranks: "Ranks") -> str:
+    """``eval_decoder`` for this rank, said in the log (with the reason when DALI was asked for and not used)."""
+    decoder, why = eval_decoder(requested, loader, ranks.device)
+    if why and ranks.first:
+        ranks.log(f"--loader {requested}: {why}; decoding with PIL")
+    return decoder
+
+
+def split_batches(loader, items, batch_size: int, workers: int, decoder: str = "pil", device=None):
+    """Batches of ``items`` in order: decoded by DALI (``decoder`` ``dali-cpu`` / ``dali-mixed``, ``workers``
+    threads, at least 2) or by PIL in ``workers`` processes (0: in this one)."""
+    if decoder.startswith("dali-"):
+        device_id = None
+        if decoder == "dali-mixed":
+            device_id = torch.device(device).index if device is not None else None
+            device_id = torch.cuda.current_device() if device_id is None else device_id
+        return DaliEvalBatches(loader, items, batch_size=batch_size, device=decoder[len("dali-"):],
+                               threads=max(2, workers), device_id=device_id)
     kwargs = {"num_workers": workers, "persistent_workers": False}
     if workers:
         kwargs["prefetch_factor"] = 4
     return torch.utils.data.DataLoader(_Items(loader, items), batch_size=batch_size, shuffle=False,
                                        pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+DECODER_NAMES = {"pil": "PIL", "dali-cpu": "DALI (cpu)", "dali-mixed": "DALI (mixed: nvJPEG on the GPU)"}
 
 
 def check_rank_count(n: int, world: int, split: str) -> None:
@@ -185,16 +223,19 @@ def check_rank_count(n: int, world: int, split: str) -> None:
 
 
 def extract_split(model, loader, ranks: Ranks, *, split: str, pool: str = "token", precision: str = "auto",
-                  batch_size: int = 128, workers: int = 0, encode=None, quiet: bool | None = None):
+                  batch_size: int = 128, workers: int = 0, encode=None, quiet: bool | None = None,
+                  decoder: str = "pil"):
     """``(features, labels)`` of every image of ``loader`` in its order, on rank 0 (``(None, None)`` on the
-    others): each rank extracts its share, rank 0 gathers the shares in rank order."""
+    others): each rank extracts its share, rank 0 gathers the shares in rank order.  ``decoder``: ``pil``,
+    ``dali-cpu`` or ``dali-mixed`` (``eval_decoder``)."""
     items = loader.items()
     n = len(items)
     check_rank_count(n, ranks.world, f"the {split} split")
     start, stop = ranks.share(n)
-    ranks.log(f"{split}: extracting images {start}..{stop - 1} of {n} ({stop - start} images) on {ranks.device}")
-    batches = progress(split_batches(loader, items[start:stop], batch_size, workers), f"{split} split",
-                       stop - start, quiet)
+    ranks.log(f"{split}: extracting images {start}..{stop - 1} of {n} ({stop - start} images) on {ranks.device}, "
+              f"decoded by {DECODER_NAMES[decoder]}")
+    batches = progress(split_batches(loader, items[start:stop], batch_size, workers, decoder, ranks.device),
+                       f"{split} split", stop - start, quiet)
     x, y = extract_features(model, batches, pool=pool, device=ranks.device, precision=precision, encode=encode)
     if ranks.world == 1:
         return x, y
@@ -226,7 +267,7 @@ def _result_protocol(probe: str, probe_result, shots, draws: int) -> dict:
 
 
 def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 5, 10), draws: int = 5,
-             pool: str = "token", loader: str = "dali", batch_size: int = 128, seed: int = 0,
+             pool: str = "token", loader: str = "auto", batch_size: int = 128, seed: int = 0,
              tag: str | None = None, device: str = "auto", precision: str = "auto", probe: str = "lbfgs",
              probe_options: dict | None = None, workers: int | None = None, quiet: bool | None = None
              ) -> dict | None:
@@ -238,7 +279,7 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     ranks = Ranks(device)
     try:
-        data = DataConfig(source="shards", loader=loader)
+        data = DataConfig(source="shards")
         weights_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = load_encoder_from_checkpoint(checkpoint, tag, dtype=weights_dtype).to(ranks.device)
         img = model.config.img_size
@@ -249,8 +290,10 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
             check_rank_count(split.num_images, ranks.world, f"the {what} split {path}")
         if workers is None:
             workers = min(8, len(os.sched_getaffinity(0)) // max(1, ranks.world)) if ranks.device.type == "cuda" else 0
+        decoder = pick_decoder(loader, train_loader, ranks)
         ranks.join()
-        kw = dict(pool=pool, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet)
+        kw = dict(pool=pool, precision=precision, batch_size=batch_size, workers=workers, quiet=quiet,
+                  decoder=decoder)
         train_x, train_y = extract_split(model, train_loader, ranks, split="training", **kw)
         test_x, test_y = extract_split(model, test_loader, ranks, split="test", **kw)
         del model
@@ -272,6 +315,7 @@ def evaluate(checkpoint: str, train_shards: str, test_shards: str, *, shots=(1, 
             "device": str(ranks.device),
             "precision": precision,
             "ranks": ranks.world,
+            "decoder": decoder,
         }
         for k in shots:
             fs = few_shot(train_x, train_y, test_x, test_y, shots=k, draws=draws, seed=seed)

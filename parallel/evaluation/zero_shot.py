@@ -27,7 +27,7 @@ from ..checkpoints.consolidate import tokenizer_beside
 from ..checkpoints.store import find_checkpoint_dir, is_zero_checkpoint_dir, read_run_config, read_zero_checkpoint
 from ..stages import STAGES
 from ..subprocesses import run_group
-from .evaluate import Ranks, check_rank_count, extract_split
+from .evaluate import Ranks, check_rank_count, extract_split, pick_decoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # parallel/evaluation/ -> the repository
 
@@ -123,7 +123,7 @@ def read_templates(path: str, imagenet: bool = False) -> tuple[str, ...]:
 
 def evaluate_zero_shot(checkpoint: str, test_shards: str, *, classnames: str = "", templates: str = "",
                        tokenizer: str = "", batch_size: int = 128, device: str = "auto", precision: str = "auto",
-                       workers: int | None = None, tag: str | None = None) -> dict | None:
+                       workers: int | None = None, tag: str | None = None, loader: str = "auto") -> dict | None:
     """Zero-shot top-1 / top-5 of ``checkpoint`` (step ``tag`` of a LiT run; default: 'latest') on labelled ``test_shards`` (shards or an ImageFolder), on the
     device; under a launcher each rank embeds its share of the images and rank 0 classifies them all (the other
     ranks return None)."""
@@ -133,15 +133,17 @@ def evaluate_zero_shot(checkpoint: str, test_shards: str, *, classnames: str = "
         model = model.to(ranks.device)
         names = class_names_for(test_shards, classnames)
         imagenet = len(names) == 1000 and not classnames
-        loader = build_eval_loader(DataConfig(source="shards", loader="torch"), img_size=model.config.img_size,
+        requested = loader
+        loader = build_eval_loader(DataConfig(source="shards"), img_size=model.config.img_size,
                                    batch_size=batch_size, shards=test_shards)
         check_rank_count(loader.num_images, ranks.world, f"the test split {test_shards}")
+        decoder = pick_decoder(requested, loader, ranks)
         prompts = read_templates(templates, imagenet)
         if workers is None:
             workers = min(8, len(os.sched_getaffinity(0)) // max(1, ranks.world)) if ranks.device.type == "cuda" else 0
         ranks.join()
         feats, labels = extract_split(model, loader, ranks, split="test", precision=precision, batch_size=batch_size,
-                                      workers=workers, encode=model.encode_images)
+                                      workers=workers, encode=model.encode_images, decoder=decoder)
         if not ranks.first:
             return None
         classifier = zero_shot_classifier(model, tok, names, prompts, device=ranks.device)
