@@ -7,6 +7,8 @@ import functools
 import http.server
 import os
 import re
+import subprocess
+import sys
 import threading
 
 
@@ -71,25 +73,68 @@ def http_server(directory: str):
         server.server_close()
 
 
+_MOTO_CHILD = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # until the test closes stdin (or dies)
+server.stop()
+"""
+
+
 @contextlib.contextmanager
-def s3_server(monkeypatch):
-    """moto's S3 server on 127.0.0.1 with the AWS settings that point s3fs (and DALI) at it; yields the endpoint."""
+def _moto_in_child():
+    """moto's S3 server in a child process: DALI's S3 client (C++) sends its first requests from inside
+    ``Pipeline.build``, which holds the GIL, so a server thread in the test's own process cannot answer them."""
+    child = subprocess.Popen([sys.executable, "-c", _MOTO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    watchdog = threading.Timer(60, child.kill)  # a server that never starts fails the test, not the CI run
+    watchdog.start()
+    try:
+        port = child.stdout.readline().strip()
+        watchdog.cancel()
+        if not port.isdigit():
+            raise RuntimeError(f"moto's server did not start (exit status {child.wait(timeout=30)})")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        watchdog.cancel()
+        child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@contextlib.contextmanager
+def _moto_in_thread():
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    import fsspec
-
-    fsspec.filesystem("s3").clear_instance_cache()
     try:
-        yield endpoint
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
     finally:
-        fsspec.filesystem("s3").clear_instance_cache()
         server.stop()
+
+
+@contextlib.contextmanager
+def s3_server(monkeypatch, *, process=False):
+    """moto's S3 server on 127.0.0.1 with the AWS settings that point s3fs (and DALI) at it; yields the endpoint.
+    ``process=True`` runs it in a child process (needed by DALI, see ``_moto_in_child``)."""
+    with (_moto_in_child() if process else _moto_in_thread()) as endpoint:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        import fsspec
+
+        fsspec.filesystem("s3").clear_instance_cache()
+        try:
+            yield endpoint
+        finally:
+            fsspec.filesystem("s3").clear_instance_cache()

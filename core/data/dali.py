@@ -13,6 +13,14 @@ normalise (CHW float), fed through ``DALIGenericIterator``.
   are written as index files that list each drawn sample as often as it was drawn, one index per (epoch, shard);
   the reader visits them in order (through the shuffle buffer).  The index covers ``DALI_DRAW_EPOCHS(...)`` epochs
   and then repeats.
+* Object storage: ``s3://`` shards are opened by DALI's own S3 client (the AWS SDK for C++), the index files stay
+  local (``data.index_dir``).  DALI builds that client once per process, at the first s3:// open, from
+  ``AWS_ENDPOINT_URL`` (read then, never again) and the SDK's usual credentials and region chain
+  (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_REGION``); it has no path-style switch:
+  the SDK addresses buckets by path for an endpoint given as an IP address (``http://10.0.0.5:9000/bucket/key``)
+  and by virtual host for a name (``http://bucket.minio.local:9000/key``), so a MinIO or Ceph store needs either
+  its IP address in ``AWS_ENDPOINT_URL`` or virtual-host buckets enabled (MinIO: ``MINIO_DOMAIN``).  Its first
+  requests (one HEAD per shard) are sent from ``Pipeline.build`` with the GIL held.
 * Resume: DALI checkpointing (``enable_checkpointing=True``): ``state_dict()`` holds the iterator's checkpoint
   (reader position, shuffle buffer, RNG of every random op) and a rebuilt pipeline started from it yields the
   same batches as the uninterrupted run.
