@@ -114,7 +114,8 @@ def orderings(result: dict) -> list[dict]:
             verdict, good, d, two_se = _judge(x, y, strict)
             ok = None if good is None or ok is None else ok and good
             parts.append(verdict if len(comparisons) == 1 else f"{label}: {verdict}")
-            figs[label] = {"a": x["mean"], "b": y["mean"], "difference": d, "two_standard_errors": two_se, "n": x["n"]}
+            figs[label] = {"a": x["mean"], "b": y["mean"], "difference": d, "two_standard_errors": two_se, "n": x["n"],
+                           "verdict": verdict}
         verdict = "; ".join(parts)
         out.append({"key": key, "claim": claim, "verdict": verdict, "reproduced": ok, "figures": figs})
 
@@ -297,10 +298,11 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
                   "| ordering in the paper | here | reproduced |", "|---|---|---|"]
         for o in result["orderings"]:
             figs = "; ".join(
-                f"{k}: {v['a']:.1%} vs {v['b']:.1%} (difference {v['difference']:+.1%}, 2 SE {v['two_standard_errors']:.1%})"
-                if "a" in v else f"{k}: {v['mean']:+.1%} ± {v['std']:.1%}" for k, v in o["figures"].items())
+                f"{k}: {v['verdict']}, {v['a']:.1%} vs {v['b']:.1%} (difference {v['difference']:+.1%}, 2 SE "
+                f"{v['two_standard_errors']:.1%})" if "a" in v else f"{k}: {v['mean']:+.1%} ± {v['std']:.1%}"
+                for k, v in o["figures"].items())
             yes = {True: "yes", False: "**no**", None: "-"}[o["reproduced"]]
-            lines.append(f"| {o['claim']} | {o['verdict']}{': ' + figs if figs else ''} | {yes} |")
+            lines.append(f"| {o['claim']} | {figs or o['verdict']} | {yes} |")
     lines += ["", f"![loss curves, WSP-length sweep, head/tail accuracy]({plot_name})", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
