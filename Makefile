@@ -56,8 +56,9 @@ demo: $(STAMP)
 	@echo "  encoder + head    $(DEMO_DIR)/vit_tiny_maws.safetensors (timm keys)"
 	@echo "  LiT (zero-shot)   $(DEMO_DIR)/lit/metrics.jsonl   checkpoints $(DEMO_DIR)/lit/checkpoints (+ tokenizer.json)"
 
-# The MAWS study in miniature (MAE vs WSP vs MAE -> WSP, WSP-length sweep, sqrt re-sampling; linear probe, head/tail
-# classes, k-shot; mean +- std over SEEDS seeds): benchmarks/results/study.*
+# The MAWS study in miniature on the named-things scene (MAE vs WSP vs MAE -> WSP at 25/100% of the WSP steps, a second
+# model width, short fine-tuning, LiT + zero-shot; linear probe, head/tail classes, k-shot; mean +- std over SEEDS
+# seeds, and the paper's orderings tested): benchmarks/results/study.*
 STUDY_ARGS ?=
 SEEDS ?= 3
 study: $(STAMP)

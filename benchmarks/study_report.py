@@ -54,6 +54,95 @@ def _verdict(a: dict, b: dict, better: str, worse: str, pct: bool = True) -> str
     return f"{better if d > 0 else worse} (difference {fmt(d)} > 2 standard errors {fmt(2 * se)[1:]})"
 
 
+def _width_of(settings: dict) -> int:
+    """The embed_dim of the study's own model (its arms without a -wW suffix)."""
+    from mawstron.core import PRESETS
+
+    return settings.get("embed_dim") or PRESETS.get(settings["preset"], {}).get("embed_dim", 0)
+
+
+def _per_seed(result: dict, a: str, b: str, metric: str) -> dict | None:
+    """Stats over seeds of arm a's metric minus arm b's (paired by seed: same data, seed and schedule)."""
+    va = {r["seed"]: r["metrics"].get(metric) for r in result["runs"] if r["arm"] == a}
+    vb = {r["seed"]: r["metrics"].get(metric) for r in result["runs"] if r["arm"] == b}
+    diffs = [va[k] - vb[k] for k in sorted(va) if k in vb and va[k] is not None and vb[k] is not None]
+    return _stats(diffs) if diffs else None
+
+
+def _judge(a: dict, b: dict, strict: bool) -> tuple[str, bool, float, float]:
+    """(verdict, reproduced, a - b, 2 standard errors) of the claim a > b (``strict``) or a >= b, against 2
+    standard errors of the difference of the means."""
+    d, se = _diff(a, b)
+    if min(a["n"], b["n"]) < 2:
+        return "untested (one seed: no error bar)", None, d, 0.0
+    if d > 2 * se and se > 0:
+        return "holds", True, d, 2 * se
+    if d < -2 * se and se > 0:
+        return "reversed", False, d, 2 * se
+    if strict:
+        return "not shown (within noise)", False, d, 2 * se
+    return "holds (equal within noise)", True, d, 2 * se
+
+
+ORDERINGS = (
+    ("maws_gt_wsp", "MAWS > WSP at equal WSP steps (linear probe)"),
+    ("maws_short_ge_wsp", "MAWS with 25% of the WSP steps >= WSP with 100% (linear probe)"),
+    ("wsp_maws_gt_mae_probe", "WSP and MAWS > MAE on the linear probe"),
+    ("maws_ge_mae_finetune", "MAWS >= MAE after fine-tuning"),
+    ("maws_ge_wsp_zero_shot", "MAWS zero-shot >= WSP zero-shot (top-1)"),
+    ("mae_benefit_grows_with_width", "the MAE benefit (MAWS - WSP, linear probe) is larger for the wider model"),
+)
+
+
+def orderings(result: dict) -> list[dict]:
+    """Each of the paper's orderings: {key, claim, verdict, reproduced, figures}, or verdict "not measured" when the
+    study lacks the arms or metrics it needs."""
+    s, summary = result["settings"], result["summary"]
+    fracs = s["fraction_list"]
+    full, short = f"{max(fracs):g}", f"{min(fracs):g}"
+    b, c, mae = summary.get(f"wsp_scratch@{full}"), summary.get(f"maws@{full}"), summary.get("mae")
+    out = []
+
+    def add(key, *comparisons, figures=None):
+        """comparisons: (a stats, b stats, strict, label); the ordering holds when every comparison does."""
+        claim = dict(ORDERINGS)[key]
+        if any(x is None or y is None for x, y, _, _ in comparisons) or not comparisons:
+            out.append({"key": key, "claim": claim, "verdict": "not measured", "reproduced": None, "figures": {}})
+            return
+        parts, figs, ok = [], dict(figures or {}), True
+        for x, y, strict, label in comparisons:
+            verdict, good, d, two_se = _judge(x, y, strict)
+            ok = None if good is None or ok is None else ok and good
+            parts.append(verdict if len(comparisons) == 1 else f"{label}: {verdict}")
+            figs[label] = {"a": x["mean"], "b": y["mean"], "difference": d, "two_standard_errors": two_se, "n": x["n"],
+                           "verdict": verdict}
+        verdict = "; ".join(parts)
+        out.append({"key": key, "claim": claim, "verdict": verdict, "reproduced": ok, "figures": figs})
+
+    def m(arm, metric):
+        return arm.get(metric) if arm else None
+
+    add("maws_gt_wsp", (m(c, "linear_probe"), m(b, "linear_probe"), True, f"MAWS vs WSP at {max(fracs):.0%}"))
+    cs = summary.get(f"maws@{short}")
+    add("maws_short_ge_wsp", (m(cs, "linear_probe"), m(b, "linear_probe"), False,
+                              f"MAWS at {min(fracs):.0%} vs WSP at {max(fracs):.0%}") if short != full else (None,) * 4)
+    add("wsp_maws_gt_mae_probe", (m(b, "linear_probe"), m(mae, "linear_probe"), True, "WSP vs MAE"),
+        (m(c, "linear_probe"), m(mae, "linear_probe"), True, "MAWS vs MAE"))
+    add("maws_ge_mae_finetune", (m(c, "finetune_top1"), m(mae, "finetune_top1"), False, "MAWS vs MAE, fine-tuned"))
+    add("maws_ge_wsp_zero_shot", (m(c, "zero_shot_top1"), m(b, "zero_shot_top1"), False, "MAWS vs WSP, zero-shot"))
+    main_width = _width_of(s)
+    benefits = {main_width: _per_seed(result, f"maws@{full}", f"wsp_scratch@{full}", "linear_probe")}
+    for w in s.get("width_list", []):
+        benefits[w] = _per_seed(result, f"maws@{full}-w{w}", f"wsp_scratch@{full}-w{w}", "linear_probe")
+    widths = sorted(w for w, v in benefits.items() if v)
+    comparisons = [(benefits[wide], benefits[narrow], True, f"width {wide} vs {narrow}")
+                   for narrow, wide in zip(widths, widths[1:])]
+    add("mae_benefit_grows_with_width", *comparisons,
+        figures={f"benefit at width {w}": {"mean": benefits[w]["mean"], "std": benefits[w]["std"], "n": benefits[w]["n"]}
+                 for w in widths})
+    return out
+
+
 def findings(result: dict) -> list[str]:
     """What the numbers say, in sentences, whichever way they go."""
     s, summary = result["settings"], result["summary"]
@@ -125,6 +214,18 @@ def findings(result: dict) -> list[str]:
             text += (f"; tail classes {pm(r['linear_probe_tail_classes'])} vs {pm(c['linear_probe_tail_classes'])} "
                      f"({_verdict(r['linear_probe_tail_classes'], c['linear_probe_tail_classes'], 'better', 'worse')})")
         lines.append(text + ".")
+    ft = [(lab, summary[a]["finetune_top1"]) for a, lab in (("mae", "(a)"), (f"wsp_scratch@{full}", "(b)"),
+                                                              (f"maws@{full}", "(c)"))
+          if a in summary and "finetune_top1" in summary[a]]
+    if ft:
+        lines.append(f"Fine-tuning ({s.get('finetune_steps')} steps on the labelled probe-train split, whole encoder): "
+                     "test top-1 " + ", ".join(f"{lab} {pm(v)}" for lab, v in ft) + ".")
+    for w in s.get("width_list", []):
+        bw, cw, aw = (summary.get(f"{p}-w{w}") for p in (f"wsp_scratch@{full}", f"maws@{full}", "mae"))
+        if bw and cw and aw:
+            lines.append(f"Width {w} (the model-size axis): linear probe (a) {pm(aw['linear_probe'])}, (b) "
+                         f"{pm(bw['linear_probe'])}, (c) {pm(cw['linear_probe'])}; (c) vs (b) "
+                         + _verdict(cw["linear_probe"], bw["linear_probe"], "better", "worse") + ".")
     lines.append(f"{n} seeds per arm; ± is the sample standard deviation over seeds; a difference counts only when "
                  f"it exceeds 2 standard errors of the difference of the means (about a 95% test).")
     return lines
@@ -169,12 +270,13 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
         + ". Cells: mean ± std over seeds.",
         "",
     ]
-    zero_shot = [c for c in ("zero_shot_top1", "zero_shot_top5") if any(c in a for a in summary.values())]
+    extra = [c for c in ("finetune_top1", "zero_shot_top1", "zero_shot_top5") if any(c in a for a in summary.values())]
     cols = ["linear_probe", "linear_probe_head_classes", "linear_probe_tail_classes"] + [f"{k}_shot" for k in shots]
-    cols += zero_shot
+    cols += extra
     names = {"linear_probe": "linear probe", "linear_probe_head_classes": "head classes",
              "linear_probe_tail_classes": "tail classes", "zero_shot_top1": "zero-shot top-1",
-             "zero_shot_top5": "zero-shot top-5"} | {f"{k}_shot": f"{k}-shot" for k in shots}
+             "zero_shot_top5": "zero-shot top-5", "finetune_top1": "fine-tuned top-1"} | {
+                 f"{k}_shot": f"{k}-shot" for k in shots}
     lines.append("| arm | steps | final train loss | " + " | ".join(names[c] for c in cols) + " |")
     lines.append("|" + "---|" * (3 + len(cols)))
     for arm in result["arms"]:
@@ -189,6 +291,18 @@ def write_markdown(result: dict, path: str, plot_name: str, note: str = "") -> N
               f"stream, where tail tags weigh more, so it is not comparable with the others'.", "",
               "## What it shows", ""]
     lines += [f"- {x}" for x in result["findings"]]
+    if result.get("orderings"):
+        lines += ["", "## The paper's orderings", "",
+                  "Each ordering the paper reports (Singh et al., ICCV 2023), tested here against 2 standard errors of the "
+                  "difference of the means (the model-size one: of the per-seed MAWS - WSP differences).", "",
+                  "| ordering in the paper | here | reproduced |", "|---|---|---|"]
+        for o in result["orderings"]:
+            figs = "; ".join(
+                f"{k}: {v['verdict']}, {v['a']:.1%} vs {v['b']:.1%} (difference {v['difference']:+.1%}, 2 SE "
+                f"{v['two_standard_errors']:.1%})" if "a" in v else f"{k}: {v['mean']:+.1%} ± {v['std']:.1%}"
+                for k, v in o["figures"].items())
+            yes = {True: "yes", False: "**no**", None: "-"}[o["reproduced"]]
+            lines.append(f"| {o['claim']} | {figs or o['verdict']} | {yes} |")
     lines += ["", f"![loss curves, WSP-length sweep, head/tail accuracy]({plot_name})", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -204,7 +318,7 @@ def write_plot(result: dict, path: str) -> None:
     s, summary = result["settings"], result["summary"]
     fracs = s["fraction_list"]
     full = f"{max(fracs):g}"
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(20, 4.2))
     colours = {"wsp_scratch": "tab:orange", "maws": "tab:blue", "maws_sqrt": "tab:purple"}
     for prefix, label in (("wsp_scratch", "(b) WSP from scratch"), ("maws", "(c) MAWS"),
                           ("maws_sqrt", "(c) MAWS + sqrt re-sampling")):
@@ -254,6 +368,21 @@ def write_plot(result: dict, path: str) -> None:
     ax3.set_title("Head vs tail classes (100% WSP steps)")
     ax3.set_ylim(0, 1)
     ax3.legend(fontsize=8)
+    # the model-size axis: (a), (b), (c) at 100% of the WSP steps per width
+    widths = sorted([(_width_of(s), "")] + [(w, f"-w{w}") for w in s.get("width_list", [])])
+    for k, (prefix, label) in enumerate((("mae", "(a) MAE"), (f"wsp_scratch@{full}", "(b) WSP"),
+                                         (f"maws@{full}", "(c) MAWS"))):
+        vals = [summary.get(prefix + suffix, {}).get("linear_probe") for _, suffix in widths]
+        if any(v is None for v in vals):
+            continue
+        ax4.bar([i + k * 0.27 for i in range(len(widths))], [v["mean"] for v in vals], 0.27,
+                yerr=[v["std"] for v in vals], capsize=4, label=label,
+                color=("tab:green", colours["wsp_scratch"], colours["maws"])[k])
+    ax4.set_xticks([i + 0.27 for i in range(len(widths))], [f"width {w}" for w, _ in widths])
+    ax4.set_ylabel("linear probe accuracy (mean ± std)")
+    ax4.set_title("Model size (100% WSP steps)")
+    ax4.set_ylim(0, 1)
+    ax4.legend(fontsize=8)
     fig.suptitle(f"MAWS study in miniature, {s['seeds']} seeds: {result['device']}, {result['date'][:10]}, "
                  f"commit {result['commit']}", fontsize=9)
     fig.tight_layout()
@@ -273,6 +402,8 @@ if __name__ == "__main__":
     stem = os.path.splitext(opts.json)[0]
     saved["summary"] = aggregate(saved)
     saved["findings"] = findings(saved)
+    saved["orderings"] = orderings(saved)
+    saved["num_classes"] = saved["data"]["num_classes"]
     if opts.note:
         saved["note"] = opts.note
     with open(opts.json, "w") as f:

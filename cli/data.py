@@ -10,6 +10,8 @@ import json
 import sys
 import time
 
+from mawstron.core.data.synth import SCENE_NAMES
+
 from .data_engine import add_engine_args, engine_kwargs
 
 
@@ -36,9 +38,11 @@ def add_parser(subparsers):
     s.add_argument("--tail", default="none",
                    help="none (uniform objects) or zipf:S: shapes, colours, textures and noise tags drawn with "
                         "P(rank k) ~ k^-S from longer lists (12 shapes, 12 colours), e.g. zipf:1.1")
-    s.add_argument("--scene", default="web", choices=("web", "upright"),
+    s.add_argument("--scene", default="web", choices=SCENE_NAMES,
                    help="web: freely rotated objects (18-36%% of the side) among clutter; upright: upright objects "
-                        "(26-40%%), no clutter, shapes a small ViT learns from scratch within a CPU budget")
+                        "(26-40%%), no clutter, shapes a small ViT learns from scratch within a CPU budget; things: 48 "
+                        "named categories (dogs, cats, birds ... in breeds) whose hashtags name them, as on Instagram "
+                        "(with --tail zipf:S: a long tail over the categories)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the collection in a non-empty --out (its old shards are removed)")
     s.set_defaults(func=run_synth)

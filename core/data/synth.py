@@ -6,12 +6,15 @@ hashtags are: true tags are dropped, wrong tags of the same kind and irrelevant 
 added, and tags come in case and synonym variants (``#Red``, ``#red``, ``#crimson``).  The shape and colour
 tags correlate with the evaluation classes, so weakly-supervised pretraining learns features that transfer.
 
-Two scenes (``--scene``): ``web`` (the default) rotates the object freely, scales it to 18-36% of the image side and
-adds clutter; ``upright`` keeps it upright, at 26-40% of the side, without clutter.  A small ViT trained from scratch
-learns the shapes of ``upright`` objects within minutes of CPU time, but of ``web`` objects barely at all (pilots of
-the study on 32 px images; see benchmarks/study.py), so ``upright`` is what a CPU-sized study needs.
+Three scenes (``--scene``): ``web`` (the default) rotates the object freely, scales it to 18-36% of the image side
+and adds clutter; ``upright`` keeps it upright, at 26-40% of the side, without clutter.  A small ViT trained from
+scratch learns the shapes of ``upright`` objects within minutes of CPU time, but of ``web`` objects barely at all
+(pilots of the study on 32 px images; see benchmarks/study.py).  In both, hashtags name attributes (a shape, a
+colour) and the classes are their conjunctions.  ``things`` (core/data/things.py, the study's scene) turns that
+round as on Instagram: 48 named categories in families of look-alikes, hashtags that name the category, classes
+that are the categories.  ``web`` and ``upright`` are byte-identical to what they were before ``things`` existed.
 
-Evaluation splits (``eval-train-*``, ``eval-test-*``) carry clean labels: class = shape x colour over
+Evaluation splits (``eval-train-*``, ``eval-test-*``) carry clean labels: for web and upright, class = shape x colour over
 ``EVAL_SHAPES x EVAL_COLOURS`` (15 classes; colour alone or shape alone is not enough).
 
 Everything is a function of (seed, split, index): the same seed writes the same bytes.
@@ -27,6 +30,7 @@ import tarfile
 
 import numpy as np
 
+from . import things
 from .captions import noisy_caption
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon")
@@ -69,6 +73,9 @@ NOISE_TAGS = ("love", "instagood", "photooftheday", "nofilter", "art", "design",
 SPLITS = {"train": 0, "eval-train": 1, "eval-test": 2}
 # scene -> (object scale range as a share of the image side, threshold of the #big tag, free rotation, clutter)
 SCENES = {"web": ((0.18, 0.36), 0.28, True, True), "upright": ((0.26, 0.40), 0.33, False, False)}
+# every --scene: the shape scenes above, and `things` (core/data/things.py: 48 named categories whose hashtags name
+# them, as on Instagram)
+SCENE_NAMES = (*SCENES, "things")
 
 
 def _polygon(cx, cy, r, n, rot):
@@ -273,6 +280,9 @@ def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0,
     and attributes are drawn Zipf-like from the longer lists, evaluation labels cycle through the classes.
     ``scene``: a key of ``SCENES``."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
+    if scene == "things":
+        img, fields = things.make_thing(rng, split, index, size, tail)
+        return _jpeg_sample(rng, img, split, index, size, fields)
     texture_p = zipf_probs(len(TAIL_TEXTURES), tail) if tail else None
     if split == "train" and tail:
         shape, colour = _draw(rng, TAIL_SHAPES, tail), _draw(rng, TAIL_COLOURS, tail)
@@ -285,9 +295,7 @@ def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0,
     img, attrs = render(rng, size, shape, colour, texture_p=texture_p, scene=scene)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
-    key = f"{index:09d}"
-    meta = {"key": key, "status": "success", "url": f"https://synth.example/{split}/{key}.jpg",
-            "width": size, "height": size}
+    meta = _base_meta(split, index, size)
     if split == "train":
         tags = noisy_hashtags(rng, attrs, tail)
         meta["caption"] = noisy_caption(rng, attrs, tags, SHAPES, list(COLOURS))
@@ -297,6 +305,19 @@ def make_sample(seed: int, split: str, index: int, size: int, tail: float = 0.0,
         meta["label"] = label
         meta["class_name"] = CLASSES[label]
     return buf.getvalue(), meta
+
+
+def _base_meta(split: str, index: int, size: int) -> dict:
+    key = f"{index:09d}"
+    return {"key": key, "status": "success", "url": f"https://synth.example/{split}/{key}.jpg", "width": size,
+            "height": size}
+
+
+def _jpeg_sample(rng, img, split: str, index: int, size: int, fields: dict) -> tuple[bytes, dict]:
+    """A sample of a scene module (things.py): the image as JPEG (random quality), its fields in the metadata."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
+    return buf.getvalue(), {**_base_meta(split, index, size), **fields}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -368,8 +389,8 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
         raise ValueError("--images and --shard-size must be positive, --eval-images >= 0")
     if not 16 <= size <= 512:
         raise ValueError(f"--size must be in [16, 512], got {size}")
-    if scene not in SCENES:
-        raise ValueError(f"--scene {scene!r}: choose one of {', '.join(SCENES)}")
+    if scene not in SCENE_NAMES:
+        raise ValueError(f"--scene {scene!r}: choose one of {', '.join(SCENE_NAMES)}")
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
             raise ValueError(f"--out {out} is not empty; pass --overwrite to replace the collection there, or "
@@ -395,7 +416,7 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
         for job in jobs:
             _write_shard(job)
     with open(os.path.join(out, "synonyms.json"), "w") as f:
-        json.dump(SYNONYMS, f, indent=1, sort_keys=True)
+        json.dump(things.SYNONYMS if scene == "things" else SYNONYMS, f, indent=1, sort_keys=True)
     manifest = {
         "format": "webdataset (img2dataset layout: KEY.jpg + KEY.json or KEY.txt)",
         "generator": "mawstron data synth",
@@ -418,6 +439,8 @@ def synthesize(out: str, *, images: int, seed: int = 0, size: int = 64, eval_ima
                             "train": tail_distribution(exponent),
                             "head_classes": [c for c in CLASSES if c.split("_")[1] in TAIL_HEAD_SHAPES],
                             "tail_classes": [c for c in CLASSES if c.split("_")[1] in TAIL_TAIL_SHAPES]}
+    if scene == "things":
+        manifest.update(things.manifest_fields(exponent))
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
