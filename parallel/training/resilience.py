@@ -58,6 +58,34 @@ class PreemptionHandler:
         return signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
 
 
+class InterruptHandler:
+    """Ctrl-C (SIGINT) during training: the first one is recorded and ``check()`` raises KeyboardInterrupt at the
+    next step boundary; a second one raises at once (Python's default).  Python's own handler raises wherever the
+    main thread happens to be, and a KeyboardInterrupt raised inside a finalizer (a DataLoader iterator's
+    ``__del__`` at an epoch boundary) is printed as "Exception ignored" and lost: the run went on to the end and
+    exited 0.  Recording the signal cannot be lost."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _record(self, signum, frame) -> None:
+        if self.received:  # the second Ctrl-C: do not wait for the step boundary
+            raise KeyboardInterrupt
+        self.received = True
+
+    def __enter__(self) -> InterruptHandler:
+        self._previous = signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def signals_held(signals=PREEMPTION_SIGNALS):
     """Block the preemption signals in this thread for the duration of the block (they stay pending and arrive

@@ -27,7 +27,7 @@ from ..engine.ds_config import build_ds_config
 from ..engine.optim import build_optimizer, lr_at, set_lr
 from .metrics import MetricsWriter, device_peak_tflops, peak_memory_gib, print_rank0, progress_line, zero_partition_report
 from .periodic_eval import PeriodicEval
-from .resilience import Preempted, PreemptionHandler, end_worker_processes, signals_held
+from .resilience import InterruptHandler, Preempted, PreemptionHandler, end_worker_processes, signals_held
 from .schedule import Schedule, format_duration
 from .status import StatusFile
 
@@ -84,6 +84,7 @@ class Trainer:
         self.grad_accum, self.global_batch, self.peak_lr = 1, 0, 0.0
         self.flops_per_image, self.device_name, self.device_peak = 0, "", None
         self.batches = None  # the loader's iterator, from train()
+        self.interrupt: InterruptHandler | None = None  # Ctrl-C during train() (resilience.InterruptHandler)
         self.evaluator: PeriodicEval | None = None  # weight EMA and evaluation during training, from train()
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -336,7 +337,7 @@ class Trainer:
                                                   device=self.device, dtype=self.dtype, train_loader=self.loader,
                                                   resume_tag=self.resume_tag)
         try:
-            with PreemptionHandler() as preemption:
+            with PreemptionHandler() as preemption, InterruptHandler() as self.interrupt:
                 while self.step < cfg.train.steps:
                     record = self.train_step()
                     self.status.step_done(self.step)
@@ -353,6 +354,7 @@ class Trainer:
                         self.save()
                     if preemption.agreed(self.device):
                         self.stop_on_signal(preemption.signal_name(), saved)
+                    self.interrupt.check()  # Ctrl-C: stop here (nothing saved past the last checkpoint)
         finally:
             metrics.close()
         self.status.update(state="done", step=self.step)
@@ -413,6 +415,11 @@ class Trainer:
             self.status.update(state="interrupted", step=self.step)
             raise
         except BaseException as e:
+            if self.interrupt is not None and self.interrupt.received:
+                # an error after Ctrl-C is its consequence (the group's SIGINT ended the DataLoader workers the
+                # batch was waited from): the run was interrupted, not failed
+                self.status.update(state="interrupted", step=self.step)
+                raise KeyboardInterrupt from e
             # one line naming the rank, on the console the launcher merges every rank's output into; the
             # traceback follows and the non-zero exit makes the launcher stop the other ranks
             if not isinstance(e, TrainingDiverged):  # the launcher prints that one itself

@@ -134,6 +134,34 @@ def test_the_groups_sigterm_does_not_kill_dataloader_workers_before_the_save(tmp
     assert read_status(run_dir)["state"] == "interrupted", out[-3000:]
 
 
+def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run():
+    """Ctrl-C landing in a finalizer (a DataLoader iterator's __del__ at an epoch boundary) is not lost."""
+    import time
+
+    from mawstron.parallel.training.resilience import InterruptHandler
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the signal is handled here, inside __del__
+
+    caught = False
+    try:  # Python's own handler raises KeyboardInterrupt inside __del__, where it is printed and dropped
+        Finalized()
+        time.sleep(0.2)
+    except KeyboardInterrupt:
+        caught = True
+    assert not caught, "this Python no longer drops a KeyboardInterrupt raised in __del__"
+    with InterruptHandler() as interrupt:
+        Finalized()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()  # the trainer's check at the step boundary
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait for the step boundary
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_overwrite_removes_the_old_runs_tokenizer(tmp_path):
     """--overwrite removes the earlier LiT run's tokenizer.json, which LiT would otherwise silently reuse."""
     from mawstron.parallel.config import RunConfig, apply_overrides
