@@ -19,6 +19,19 @@ P_DROP_COLOUR, P_DROP_SHAPE, P_WRONG_COLOUR, P_WRONG_SHAPE = 0.2, 0.15, 0.1, 0.1
 P_ONLY_HASHTAGS = 0.1  # some posts have no sentence at all
 
 
+def written_variant(rng: np.random.Generator, tag: str, variants: dict[str, list[str]]) -> str:
+    """A canonical tag as people write it: one of its ``variants`` (synonyms, plurals) with p=0.3 where it has any,
+    then capitalised (p=0.2) or upper case (p=0.05)."""
+    if tag in variants and rng.random() < 0.3:
+        tag = variants[tag][int(rng.integers(0, len(variants[tag])))]
+    u = rng.random()
+    if u < 0.2:
+        return tag.capitalize()
+    if u < 0.25:
+        return tag.upper()
+    return tag
+
+
 def noisy_caption(rng: np.random.Generator, attrs: dict, hashtags: Sequence[str], shapes: Sequence[str],
                   colours: Sequence[str]) -> str:
     """A caption for an image with true ``attrs`` (shape, colour, texture, size, background) followed by its

@@ -31,7 +31,7 @@ import tarfile
 import numpy as np
 
 from . import things
-from .captions import noisy_caption
+from .captions import noisy_caption, written_variant
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 COLOURS = {
@@ -199,14 +199,7 @@ def render(rng: np.random.Generator, size: int, shape: str, colour: str, texture
 
 def _variant(rng, tag: str) -> str:
     """A synonym or case variant of a canonical tag, as people write them."""
-    if tag in _VARIANTS and rng.random() < 0.3:
-        tag = _VARIANTS[tag][int(rng.integers(0, len(_VARIANTS[tag])))]
-    u = rng.random()
-    if u < 0.2:
-        return tag.capitalize()
-    if u < 0.25:
-        return tag.upper()
-    return tag
+    return written_variant(rng, tag, _VARIANTS)
 
 
 def parse_tail(spec) -> float:

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from .captions import CLOSERS, OPENERS, P_ONLY_HASHTAGS
+from .captions import CLOSERS, OPENERS, P_ONLY_HASHTAGS, written_variant
 
 PALETTE = {
     "red": (205, 40, 40), "orange": (240, 130, 30), "yellow": (235, 205, 40), "green": (40, 160, 60),
@@ -270,18 +270,6 @@ def render_thing(rng: np.random.Generator, size: int, name: str):
 
 
 # ------------------------------------------------------------------------------------------------------ hashtags
-def _variant(rng, tag: str) -> str:
-    """A plural, synonym or case variant of a canonical tag, as people write them."""
-    if tag in _VARIANTS and rng.random() < 0.3:
-        tag = _VARIANTS[tag][int(rng.integers(0, len(_VARIANTS[tag])))]
-    u = rng.random()
-    if u < 0.2:
-        return tag.capitalize()
-    if u < 0.25:
-        return tag.upper()
-    return tag
-
-
 def _wrong_category(rng, name: str, probs: np.ndarray) -> str:
     """A mislabel: most often a look-alike sibling of the same family, else any category (by the tail law)."""
     family = SPECIES_OF[name][1]
@@ -317,7 +305,7 @@ def thing_hashtags(rng, attrs: dict, probs: np.ndarray) -> list[str]:
     for _ in range(int(rng.integers(0, 4))):
         tags.append(NOISE_TAGS[int(rng.integers(0, len(NOISE_TAGS)))])
     order = rng.permutation(len(tags))
-    return ["#" + _variant(rng, tags[i]) for i in order]
+    return ["#" + written_variant(rng, tags[i], _VARIANTS) for i in order]
 
 
 CONTEXT_PHRASES = {"beach": "at the beach", "snow": "in the snow", "night": "at night", "park": "in the park",
