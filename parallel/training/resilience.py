@@ -62,12 +62,14 @@ class InterruptHandler:
     """Ctrl-C (SIGINT) during training: the first one is recorded and ``check()`` raises KeyboardInterrupt at the
     next step boundary; a second one raises at once (Python's default).  Python's own handler raises wherever the
     main thread happens to be, and a KeyboardInterrupt raised inside a finalizer (a DataLoader iterator's
-    ``__del__`` at an epoch boundary) is printed as "Exception ignored" and lost: the run went on to the end and
-    exited 0.  Recording the signal cannot be lost."""
+    ``__del__`` at an epoch boundary) is printed as "Exception ignored" and lost.  Recording the signal cannot be
+    lost.  A process started with SIGINT ignored (``nohup cmd &`` from a script) keeps ignoring it, as Python
+    itself does."""
 
     def __init__(self):
         self.received = False
         self._previous = None
+        self._installed = False
 
     def _record(self, signum, frame) -> None:
         if self.received:  # the second Ctrl-C: do not wait for the step boundary
@@ -75,11 +77,15 @@ class InterruptHandler:
         self.received = True
 
     def __enter__(self) -> InterruptHandler:
-        self._previous = signal.signal(signal.SIGINT, self._record)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._record)
+            self._installed = True
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
     def check(self) -> None:
         if self.received:

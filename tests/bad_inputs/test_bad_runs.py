@@ -88,8 +88,11 @@ def _start(run_dir, shards, *extra):
     cmd = [sys.executable, os.path.join(RECIPES, "vit_tiny_mae.py")]
     for item in TINY + [f"output_dir={run_dir}", f"data.shards={shards}/train-*.tar"]:
         cmd += ["--set", item]
+    # a terminal's foreground job takes Ctrl-C; a test run started in the background (`cmd &` from a script)
+    # would pass its ignored SIGINT on, and the rank would rightly ignore the test's Ctrl-C
     return subprocess.Popen(cmd + list(extra), env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _interrupt(proc, run_dir, step, sig) -> str:
@@ -136,30 +139,35 @@ def test_the_groups_sigterm_does_not_kill_dataloader_workers_before_the_save(tmp
 
 def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run():
     """Ctrl-C landing in a finalizer (a DataLoader iterator's __del__ at an epoch boundary) is not lost."""
-    import time
-
     from mawstron.parallel.training.resilience import InterruptHandler
 
     class Finalized:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)  # the signal is handled here, inside __del__
+            # to this thread (os.kill may reach another thread of the test process): handled here, inside __del__
+            signal.raise_signal(signal.SIGINT)
 
-    caught = False
-    try:  # Python's own handler raises KeyboardInterrupt inside __del__, where it is printed and dropped
-        Finalized()
-        time.sleep(0.2)
-    except KeyboardInterrupt:
-        caught = True
-    assert not caught, "this Python no longer drops a KeyboardInterrupt raised in __del__"
-    with InterruptHandler() as interrupt:
-        Finalized()
-        with pytest.raises(KeyboardInterrupt):
-            interrupt.check()  # the trainer's check at the step boundary
-        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait for the step boundary
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        caught = False
+        try:  # Python's own handler raises KeyboardInterrupt inside __del__, where it is printed and dropped
+            Finalized()
+        except KeyboardInterrupt:
+            caught = True
+        assert not caught, "this Python no longer drops a KeyboardInterrupt raised in __del__"
+        with InterruptHandler() as interrupt:
+            Finalized()
+            with pytest.raises(KeyboardInterrupt):
+                interrupt.check()  # the trainer's check at the step boundary
+            with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait for the step boundary
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is back
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # started with SIGINT ignored (nohup cmd &): it stays ignored
+        with InterruptHandler() as interrupt:
+            signal.raise_signal(signal.SIGINT)
+            interrupt.check()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_overwrite_removes_the_old_runs_tokenizer(tmp_path):
